@@ -1,0 +1,306 @@
+"""`diffusion-renderer conformance GOLDEN_DIR`: re-run every recorded case of a golden folder.
+
+A golden folder (format of ../shared/golden, see its README) holds sub-folders with either a
+``call_args.json`` (an inverse ``rgbx`` or forward ``xrgb`` script run: checkpoint, inputs, call
+arguments and recorded tensors) or a ``cases.json`` (environment-map processing cases). Every case
+found is run with our implementation and each recorded tensor compared within the golden README's
+tolerances. Nothing here is specific to one golden set.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+# (atol, rtol) per recorded tensor, from the golden README §5 ("suggested acceptance thresholds")
+TOLERANCES = {
+    "frames": (1e-4, 0.0), "unet0_output": (1e-4, 1e-4), "unet_outputs": (1e-4, 1e-4),
+    "step_latents": (1e-3, 0.0), "vae_decode_in": (1e-3 / 0.18215, 0.0), "noise": (0.0, 0.0),
+    "cond_latents": (1e-5, 0.0), "vae_encode_mean": (1e-5, 0.0), "vae_encode_env_mean": (1e-5, 0.0),
+    "vae_encode_gbuf_mean": (1e-5, 0.0), "env_ldr": (1e-5, 0.0), "env_log": (1e-5, 0.0), "env_nrm": (1e-5, 0.0),
+}
+ENVPROJ_DEFAULT = (1e-5, 0.0)
+ENVPROJ_HDR = (1e-6, 1e-5)  # un-tonemapped radiance: relative tolerance
+
+
+def tolerance(name: str, envproj: bool = False) -> tuple[float, float]:
+    if name.startswith("env_embedding_"):
+        return (1e-5, 0.0)
+    if envproj:
+        return ENVPROJ_HDR if ("hdr" in name or name == "cubemap_probe_value") else ENVPROJ_DEFAULT
+    return TOLERANCES.get(name, (1e-4, 0.0))
+
+
+@dataclass
+class CaseResult:
+    name: str
+    errors: dict = field(default_factory=dict)   # tensor -> (max_abs_err, ok)
+    error: Optional[str] = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.errors) and all(ok for _, ok in self.errors.values())
+
+    @property
+    def max_error(self) -> float:
+        return max((e for e, _ in self.errors.values()), default=float("nan"))
+
+    def compare(self, name: str, ours, golden, envproj: bool = False) -> None:
+        a = torch.as_tensor(np.asarray(ours) if not isinstance(ours, torch.Tensor) else ours).double().cpu()
+        b = torch.as_tensor(np.asarray(golden) if not isinstance(golden, torch.Tensor) else golden).double().cpu()
+        if a.shape != b.shape:
+            self.errors[name] = (float("inf"), False)
+            self.error = f"{name}: shape {tuple(a.shape)} != recorded {tuple(b.shape)}"
+            return
+        atol, rtol = tolerance(name, envproj)
+        diff = (a - b).abs()
+        ok = bool((diff <= atol + rtol * b.abs()).all())
+        self.errors[name] = (float(diff.max()) if diff.numel() else 0.0, ok)
+
+
+def _load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _overrides(args: dict) -> dict:
+    out = {}
+    for item in args.get("cli_overrides", []):
+        key, _, value = item.partition("=")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _golden_path(value: str, root: Path, fallback: Path) -> Path:
+    """Resolve '<GOLDEN>/x' against the folder being checked; fall back when absent."""
+    if value and value.startswith("<GOLDEN>"):
+        p = root / value[len("<GOLDEN>/"):]
+        if p.exists():
+            return p
+    elif value and Path(value).exists():
+        return Path(value)
+    return fallback
+
+
+def _seed(kwargs: dict, overrides: dict) -> Optional[int]:
+    m = re.search(r"manual_seed\((\d+)\)", str(kwargs.get("generator", "")))
+    if m:
+        return int(m.group(1))
+    return int(overrides["seed"]) if overrides.get("seed", "None") not in ("None", "null") else None
+
+
+class _UnetRecorder:
+    """Forward hook collecting the UNet's raw outputs (both CFG halves) of one sampling run."""
+
+    def __init__(self, unet):
+        self.outputs: list[torch.Tensor] = []
+        self.handle = unet.register_forward_hook(lambda m, i, o: self.outputs.append(o.detach().float().cpu()))
+
+    def close(self):
+        self.handle.remove()
+
+
+def run_inverse_suite(folder: Path, root: Path, models: dict) -> list[CaseResult]:
+    from engine.frames_io import read_frames
+    from engine.pipelines import InverseRenderer
+    from engine.pipelines.components import load_components
+    from engine.pipelines.sampling import initial_noise
+    from engine.pipelines.vae_codec import decode_frames
+
+    args = json.loads((folder / "call_args.json").read_text())
+    ov = _overrides(args)
+    ckpt = _golden_path(ov.get("inference_model_weights", ""), root, folder / "checkpoint")
+    inputs = _golden_path(ov.get("inference_input_dir", ""), root, folder / "inputs" / "video")
+    frames = read_frames([inputs / f for f in args["input_frames"]])
+    key = ("inverse", str(ckpt))
+    if key not in models:
+        models[key] = InverseRenderer(load_components(ckpt, kind="inverse", device="cpu", dtype="fp32"))
+    renderer = models[key]
+    cond = renderer.encode_video(frames)
+    # runs that differ only in pass / decode chunk share one batched sampling
+    groups: dict = {}
+    for name, run in args["runs"].items():
+        kw = run["call_kwargs"]
+        gkey = (kw["num_inference_steps"], _seed(kw, ov), kw.get("fps", 7), kw.get("motion_bucket_id", 127))
+        groups.setdefault(gkey, []).append((name, run))
+    results = []
+    for (steps, seed, fps, mb), runs in groups.items():
+        t0 = time.monotonic()
+        passes = list(dict.fromkeys(r["input_context"] for _, r in runs))
+        steps_seen: list = []
+        rec = _UnetRecorder(renderer.unet)
+        try:
+            res = renderer(frames, passes, num_inference_steps=steps, seed=seed, fps=fps, motion_bucket_id=mb,
+                           cond_latents=cond, output="pt",
+                           callback=lambda i, n, t, out, lat: steps_seen.append(lat.detach().cpu()))
+        finally:
+            rec.close()
+        del res
+        step_lat = torch.stack(steps_seen)                       # (S, P, F, 4, h, w)
+        unet_out = torch.stack(rec.outputs)                      # (S, P, F, 4, h, w)
+        elapsed = (time.monotonic() - t0) / len(runs)
+        for name, run in runs:
+            r = CaseResult(f"{folder.name}/{name}", seconds=elapsed)
+            try:
+                i = passes.index(run["input_context"])
+                rec_t = _load_tensors(folder / run["file"])
+                final = step_lat[-1, i:i + 1]
+                video = decode_frames(renderer.vae, final, run["call_kwargs"].get("decode_chunk_size", 8))
+                extra = {"frames": video, "step_latents": step_lat[:, i:i + 1], "unet_outputs": unet_out[:, i:i + 1],
+                         "cond_latents": cond, "vae_encode_mean": cond[0],
+                         "vae_decode_in": final[0] / renderer.vae.config.scaling_factor,
+                         "unet0_output": unet_out[0, i:i + 1],
+                         "noise": initial_noise(tuple(final.shape), seed)}
+                for tname, golden in rec_t.items():
+                    if tname in extra:
+                        r.compare(tname, extra[tname], golden)
+            except Exception as exc:  # noqa: BLE001 - reported per case
+                r.error = f"{type(exc).__name__}: {exc}"
+            results.append(r)
+    return results
+
+
+def run_forward_suite(folder: Path, root: Path, models: dict) -> list[CaseResult]:
+    from engine.frames_io import read_frames
+    from engine.pipelines import GBUFFER_ORDER, EnvLight, ForwardRenderer
+    from engine.pipelines.components import load_components
+    from engine.envmap import env_direction_map
+    from engine.pipelines.sampling import initial_noise
+    from engine.pipelines.vae_codec import decode_frames, encode_mean
+
+    args = json.loads((folder / "call_args.json").read_text())
+    order = tuple(args.get("gbuffer_labels_in_latent_order", GBUFFER_ORDER))
+    if order != GBUFFER_ORDER:
+        raise ValueError(f"{folder}: G-buffer latent order {order} differs from the model's {GBUFFER_ORDER}")
+    results = []
+    for name, run in args["runs"].items():
+        r = CaseResult(f"{folder.name}/{name}")
+        t0 = time.monotonic()
+        try:
+            ov = _overrides(run)
+            kw = run["call_kwargs"]
+            ckpt = _golden_path(ov.get("inference_model_weights", ""), root, folder / "checkpoint")
+            inputs = _golden_path(ov.get("inference_input_dir", ""), root, folder / "inputs" / "gbuffers")
+            use_lora = bool(run.get("pipeline_init", {}).get("lora"))
+            key = ("forward", str(ckpt), use_lora)
+            if key not in models:
+                models[key] = ForwardRenderer(load_components(ckpt, kind="forward", device="cpu", dtype="fp32",
+                                                              lora=use_lora))
+            fr = models[key]
+            gb = {p: read_frames([inputs / f for f in files]) for p, files in args["gbuffer_files"].items()}
+            nf = kw.get("num_frames")
+            gb = {p: v[:nf] if nf else v for p, v in gb.items()}
+            env_path = _golden_path(ov.get("envlight", ""), root, root / run["envlight"])
+            pk = run["process_environment_map_kwargs"]
+            light = EnvLight(env_path, rotate=bool(pk.get("rotate_envlight")), elevation=float(pk.get("elevation", 0)),
+                             rotation=float(pk.get("env_rot", 180.0)), flip=bool(pk.get("env_flip", False)),
+                             strength=float(pk.get("env_strength", 1.0)), log_scale=float(pk.get("log_scale", 10000)))
+            cond = fr.encode_gbuffers(gb)
+            env_ldr, env_log = light.maps(cond.shape[1], pk["resolution"])
+            tokens = fr.env_tokens(env_ldr, env_log)
+            guidance = float(kw.get("max_guidance_scale", 1.2))
+            if float(kw.get("min_guidance_scale", guidance)) != guidance:
+                raise ValueError("per-frame guidance ramps (min != max) are not supported")
+            lora_scale = float((kw.get("cross_attention_kwargs") or {}).get("scale", 1.0))
+            steps_seen: list = []
+            rec = _UnetRecorder(fr.unet)
+            try:
+                latents = fr.sample(cond, tokens, num_inference_steps=kw["num_inference_steps"],
+                                    guidance_scale=guidance, lora_scale=lora_scale, seed=_seed(kw, ov),
+                                    fps=kw.get("fps", 7), motion_bucket_id=kw.get("motion_bucket_id", 127),
+                                    callback=lambda i, n, t, out, lat: steps_seen.append(lat.detach().cpu()))
+            finally:
+                rec.close()
+            video = decode_frames(fr.vae, latents, kw.get("decode_chunk_size", 8))
+            ours = {"frames": video, "step_latents": torch.stack(steps_seen), "unet_outputs": torch.stack(rec.outputs),
+                    "unet0_output": rec.outputs[0], "cond_latents": cond[:1],
+                    "env_ldr": env_ldr.permute(0, 3, 1, 2)[None], "env_log": env_log.permute(0, 3, 1, 2)[None],
+                    "vae_decode_in": latents[0] / fr.vae.config.scaling_factor}
+            ours.update({f"env_embedding_{i}": t for i, t in enumerate(tokens)})
+            f, (h, w) = cond.shape[1], env_ldr.shape[1:3]
+            nrm = env_direction_map(h, w).permute(2, 0, 1)[None].float()
+            ours["env_nrm"] = nrm[None]
+            ours["noise"] = initial_noise(tuple(latents.shape), _seed(kw, ov))
+            scale = fr.vae.config.scaling_factor
+            ours["vae_encode_gbuf_mean"] = (cond[0] / scale).unflatten(1, (len(order), 4)).transpose(0, 1)
+            env_imgs = [env_ldr.permute(0, 3, 1, 2), env_log.permute(0, 3, 1, 2), nrm.expand(f, -1, -1, -1)]
+            ours["vae_encode_env_mean"] = torch.stack([encode_mean(fr.vae, x.float()) for x in env_imgs])
+            for tname, golden in _load_tensors(folder / run["file"]).items():
+                if tname in ours:
+                    r.compare(tname, ours[tname], golden)
+        except Exception as exc:  # noqa: BLE001 - reported per case
+            r.error = f"{type(exc).__name__}: {exc}"
+        r.seconds = time.monotonic() - t0
+        results.append(r)
+    return results
+
+
+def run_envproj_suite(folder: Path, root: Path, models: dict) -> list[CaseResult]:
+    from engine.envmap.conformance_case import run_envproj_case
+
+    spec = json.loads((folder / "cases.json").read_text())
+    results = []
+    for name, case in spec["cases"].items():
+        r = CaseResult(f"{folder.name}/{name}")
+        t0 = time.monotonic()
+        try:
+            for tname, (ours, golden) in run_envproj_case(case, root, cases_dir=folder).items():
+                r.compare(tname, ours, golden, envproj=True)
+        except FileNotFoundError as exc:
+            r.error = f"input missing: {exc}"
+        except Exception as exc:  # noqa: BLE001
+            r.error = f"{type(exc).__name__}: {exc}"
+        r.seconds = time.monotonic() - t0
+        results.append(r)
+    return results
+
+
+def discover(root: Path) -> list[tuple[Path, Callable]]:
+    suites = []
+    for index in sorted(root.rglob("call_args.json")) + sorted(root.rglob("cases.json")):
+        data = json.loads(index.read_text())
+        script = str(data.get("script", ""))
+        if index.name == "cases.json" and "process_environment_map" in str(data.get("function", "")):
+            suites.append((index.parent, run_envproj_suite))
+        elif "rgbx" in script:
+            suites.append((index.parent, run_inverse_suite))
+        elif "xrgb" in script:
+            suites.append((index.parent, run_forward_suite))
+    return suites
+
+
+def run(root: Path, out=sys.stdout, only: Optional[str] = None) -> tuple[list[CaseResult], int]:
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: golden folder not found")
+    suites = discover(root)
+    if not suites:
+        raise ValueError(f"{root}: no call_args.json or cases.json found (not a golden folder)")
+    torch.manual_seed(0)
+    models: dict = {}
+    results: list[CaseResult] = []
+    for folder, fn in suites:
+        if only and only not in folder.name:
+            continue
+        for r in fn(folder, root, models):
+            results.append(r)
+            worst = max(r.errors.items(), key=lambda kv: kv[1][0], default=(None, (float("nan"), True)))
+            status = "ok  " if r.ok else "FAIL"
+            detail = r.error or ", ".join(f"{k} {e:.2e}" for k, (e, ok) in r.errors.items() if not ok) or \
+                f"worst {worst[0]}"
+            frames = f"frames {r.errors['frames'][0]:.2e}, " if "frames" in r.errors else ""
+            print(f"{status} {r.name:<46} max abs error {r.max_error:.3e}  ({frames}{detail}; {r.seconds:.1f} s)",
+                  file=out, flush=True)
+    failed = sum(not r.ok for r in results)
+    max_err = max((r.max_error for r in results if r.errors), default=float("nan"))
+    print(f"conformance: {len(results)} cases, {failed} failed, max error {max_err:.3e}", file=out, flush=True)
+    return results, failed

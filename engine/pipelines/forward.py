@@ -1,0 +1,168 @@
+"""Forward rendering (re-lighting): G-buffers + HDR environment map → video.
+
+Faithful to the reference's ``xrgb`` flow (MODEL_SPEC §4.3): G-buffer latents ×scaling_factor in the
+order basecolor, normal, depth, roughness, metallic; env maps (LDR, log, direction) VAE-encoded,
+×scaling_factor, through the EnvEncoder into four token levels; classifier-free guidance with
+all-zero negatives (unconditional half first); LoRA applied unmerged with a per-call scale.
+Improvements that do not change the numbers: all G-buffers in one VAE call, static env maps
+encoded once, G-buffer latents reused across several lights.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import torch
+
+from engine.pipelines import sampling
+from engine.pipelines.components import Components, load_components, resolve_checkpoint
+from engine.pipelines.inverse import autocast_for, check_size
+from engine.pipelines.lighting import as_env_maps
+from engine.pipelines.vae_codec import decode_frames, encode_mean, to_frames_tensor, vae_scale_factor
+
+GBUFFER_ORDER = ("basecolor", "normal", "depth", "roughness", "metallic")
+
+
+def _encode_maybe_static(vae, frames: torch.Tensor) -> torch.Tensor:
+    """Encode (F, 3, H, W) frames; identical frames (a static light) are encoded once."""
+    if frames.shape[0] > 1 and bool((frames == frames[:1]).all()):
+        return encode_mean(vae, frames[:1]).expand(frames.shape[0], -1, -1, -1)
+    return encode_mean(vae, frames)
+
+
+class ForwardRenderer:
+    """Render G-buffers under an HDR environment map.
+
+    >>> r = ForwardRenderer.from_pretrained("forward")
+    >>> video = r({"basecolor": bc, "normal": n, "depth": d, "roughness": ro, "metallic": m},
+    ...           light=EnvLight("studio.hdr", rotate=True))     # (F, H, W, 3) float32 in [0, 1]
+    """
+
+    def __init__(self, components: Components):
+        self.c = components
+        self.unet, self.vae, self.env_encoder = components.unet, components.vae, components.env_encoder
+        self.device, self.dtype = components.device, components.dtype
+        self.vae_factor = vae_scale_factor(self.vae)
+        self.size_multiple = self.vae_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        self.scaling = self.vae.config.scaling_factor
+
+    @classmethod
+    def from_pretrained(cls, path_or_name="forward", *, revision: Optional[str] = None, device=None, dtype=None,
+                        lora: bool = True, allow_download: bool = False) -> "ForwardRenderer":
+        root = resolve_checkpoint(path_or_name, revision=revision, allow_download=allow_download)
+        return cls(load_components(root, kind="forward", device=device, dtype=dtype, lora=lora))
+
+    @property
+    def has_lora(self) -> bool:
+        return self.c.lora_path is not None
+
+    # -- conditioning -------------------------------------------------------------------------
+    def encode_gbuffers(self, gbuffers: Mapping, fixed_frame: Optional[int] = None,
+                        num_frames: Optional[int] = None) -> torch.Tensor:
+        """{pass: (F, H, W, C) in [0, 1]} → scaled condition latents (1, F, 20, h, w)."""
+        missing = [p for p in GBUFFER_ORDER if p not in gbuffers]
+        if missing:
+            raise ValueError(f"missing G-buffer pass(es): {', '.join(missing)} (the forward model needs "
+                             f"{', '.join(GBUFFER_ORDER)})")
+        tensors = [to_frames_tensor(gbuffers[p], p) for p in GBUFFER_ORDER]
+        shapes = {p: tuple(t.shape) for p, t in zip(GBUFFER_ORDER, tensors)}
+        if len(set(shapes.values())) != 1:
+            raise ValueError("G-buffer passes differ in frame count or size: " +
+                             ", ".join(f"{p} {s[0]} frames {s[3]}x{s[2]}" for p, s in shapes.items()))
+        f, _, h, w = tensors[0].shape
+        check_size(h, w, self.size_multiple, "G-buffers")
+        if fixed_frame is not None:
+            if not -f <= fixed_frame < f:
+                raise ValueError(f"fixed_frame {fixed_frame} is outside the clip's {f} frames")
+            tensors = [t[fixed_frame:fixed_frame + 1] for t in tensors]
+        stacked = torch.cat(tensors, 0)  # all passes in one VAE batch
+        with autocast_for(self.device, self.dtype):
+            lat = encode_mean(self.vae, stacked).float() * self.scaling
+        n = tensors[0].shape[0]
+        lat = lat.unflatten(0, (len(GBUFFER_ORDER), n))            # (5, n, 4, h, w)
+        lat = lat.permute(1, 0, 2, 3, 4).flatten(1, 2)               # (n, 20, h, w) in GBUFFER_ORDER
+        if fixed_frame is not None:
+            lat = lat.expand(num_frames or f, -1, -1, -1)
+        return lat.unsqueeze(0).contiguous()
+
+    def env_tokens(self, env_ldr: torch.Tensor, env_log: torch.Tensor) -> list[torch.Tensor]:
+        """(F, h, w, 3) LDR and log maps → four token levels, each (1, F, N_i, C_i)."""
+        from engine.envmap import env_direction_map
+
+        f, h, w, _ = env_ldr.shape
+        ldr = env_ldr.to(self.device).permute(0, 3, 1, 2).float()
+        logm = env_log.to(self.device).permute(0, 3, 1, 2).float()
+        nrm = env_direction_map(h, w, device=self.device).permute(2, 0, 1)[None].float()
+        with autocast_for(self.device, self.dtype):
+            lat = [_encode_maybe_static(self.vae, x).float() * self.scaling for x in (ldr, logm)]
+            lat.append(encode_mean(self.vae, nrm).float().expand(f, -1, -1, -1) * self.scaling)
+            x = torch.cat(lat, 1)
+            enc_dtype = next(self.env_encoder.parameters()).dtype
+            if bool((x == x[:1]).all()):
+                feats = [t.expand(f, -1, -1, -1) for t in self.env_encoder(x[:1].to(enc_dtype).contiguous())]
+            else:
+                feats = self.env_encoder(x.to(enc_dtype).contiguous())
+        return [t.float().flatten(2).transpose(1, 2).unsqueeze(0) for t in feats]
+
+    # -- sampling ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, gbuffers: Mapping, light, *, num_inference_steps: int = 20, guidance_scale: float = 1.2,
+                 lora_scale: float = 0.25, seed: Optional[int] = 0, noise: Optional[torch.Tensor] = None,
+                 env_resolution: Sequence[int] = (512, 512), fixed_frame: Optional[int] = None,
+                 num_frames: Optional[int] = None, decode_chunk_size: int = 8, fps: int = 7,
+                 motion_bucket_id: int = 127, cond_latents: Optional[torch.Tensor] = None,
+                 callback: Optional[sampling.StepCallback] = None, should_cancel=None, output: str = "np"):
+        """Returns (F, H, W, 3) float32 in [0, 1]; a list of lights returns a list of videos."""
+        lights = light if isinstance(light, (list, tuple)) else [light]
+        if cond_latents is None:
+            cond_latents = self.encode_gbuffers(gbuffers, fixed_frame, num_frames)
+        cond_latents = cond_latents.to(self.device)
+        videos = []
+        for one in lights:
+            f = cond_latents.shape[1]
+            env_ldr, env_log = as_env_maps(one, f, env_resolution, device=self.device)
+            tokens = self.env_tokens(env_ldr, env_log)
+            latents = self.sample(cond_latents, tokens, num_inference_steps=num_inference_steps,
+                                  guidance_scale=guidance_scale, lora_scale=lora_scale, seed=seed, noise=noise,
+                                  fps=fps, motion_bucket_id=motion_bucket_id, callback=callback,
+                                  should_cancel=should_cancel)
+            with autocast_for(self.device, self.dtype):
+                video = decode_frames(self.vae, latents, decode_chunk_size)[0]
+            videos.append(video if output == "pt" else video.cpu().numpy())
+        return videos if isinstance(light, (list, tuple)) else videos[0]
+
+    def sample(self, cond_latents: torch.Tensor, tokens: list[torch.Tensor], *, num_inference_steps: int = 20,
+               guidance_scale: float = 1.2, lora_scale: float = 0.25, seed: Optional[int] = 0, noise=None,
+               fps: int = 7, motion_bucket_id: int = 127, callback=None, should_cancel=None) -> torch.Tensor:
+        """Denoise latents (1, F, 4, h, w) for one light's tokens."""
+        _, f, _, h, w = cond_latents.shape
+        cfg = guidance_scale > 1.0
+        if cfg:
+            cond = torch.cat([torch.zeros_like(cond_latents), cond_latents])
+            ehs = [torch.cat([torch.zeros_like(t), t]) for t in tokens]
+        else:
+            cond, ehs = cond_latents, tokens
+        batch = cond.shape[0]
+        unet_dtype = next(self.unet.parameters()).dtype
+        if self.dtype != torch.float32:
+            ehs = [t.to(unet_dtype) for t in ehs]
+        time_ids = sampling.added_time_ids(fps, motion_bucket_id, 0.0, batch, self.device, torch.float32)
+        g = sampling.frame_guidance(guidance_scale, guidance_scale, f, self.device, torch.float32)
+        scale = float(lora_scale) if self.has_lora else None
+        # the reference switches the forward scheduler to "trailing" spacing (init sigma = sigma_max)
+        scheduler = sampling.make_scheduler(self.c.scheduler_config, timestep_spacing="trailing")
+
+        def model_fn(scaled, t):
+            x = torch.cat([scaled] * batch) if cfg else scaled
+            x = torch.cat([x, cond.to(x.dtype)], dim=2)
+            with autocast_for(self.device, self.dtype):
+                if self.dtype != torch.float32:
+                    x = x.to(unet_dtype)
+                out = self.unet(x, t, ehs, time_ids, lora_scale=scale).float()
+            if cfg:
+                u, c = out.chunk(2)
+                out = u + g * (c - u)
+            return out
+
+        base = sampling.initial_noise((1, f, 4, h, w), seed, noise).to(self.device)
+        return sampling.denoise(scheduler, num_inference_steps, base, model_fn, callback=callback,
+                                should_cancel=should_cancel)

@@ -1,0 +1,123 @@
+"""Inverse rendering (de-lighting): video → G-buffer passes.
+
+Faithful to the reference's ``rgbx`` flow (MODEL_SPEC §4.2): RGB → ``2x−1`` → VAE posterior mean
+(unscaled) as the condition latent, zero cross-attention tokens plus the pass embedding, no
+classifier-free guidance, Euler v-prediction sampler, chunked temporal decode. Unlike the reference,
+several passes run as one UNet batch and the RGB is encoded once for all of them; every pass starts
+from the same noise, exactly as the reference's fresh-generator-per-pass calls do.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from engine.pipelines import sampling
+from engine.pipelines.components import Components, load_components, resolve_checkpoint
+from engine.pipelines.vae_codec import decode_frames, encode_mean, to_frames_tensor, vae_scale_factor
+
+PASS_INDEX = {"basecolor": 0, "metallic": 1, "roughness": 2, "normal": 3, "depth": 4, "diffuse_albedo": 5}
+DEFAULT_PASSES = ("basecolor", "metallic", "roughness", "normal", "depth")
+
+
+def autocast_for(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_size(h: int, w: int, multiple: int, what: str) -> None:
+    if h % multiple or w % multiple:
+        raise ValueError(f"{what}: size {w}x{h} is not a multiple of {multiple}; resize or crop the input "
+                         f"(e.g. to {max(multiple, round(w / multiple) * multiple)}x"
+                         f"{max(multiple, round(h / multiple) * multiple)})")
+
+
+class InverseRenderer:
+    """De-light a clip into G-buffer passes.
+
+    >>> r = InverseRenderer.from_pretrained("inverse")            # or a checkpoint folder
+    >>> out = r(frames, passes=["basecolor", "normal"])           # frames (F, H, W, 3) in [0, 1]
+    >>> out["normal"].shape                                       # (F, H, W, 3) float32 in [0, 1]
+    """
+
+    def __init__(self, components: Components):
+        self.c = components
+        self.unet, self.vae = components.unet, components.vae
+        self.device, self.dtype = components.device, components.dtype
+        self.vae_factor = vae_scale_factor(self.vae)
+        n_down = len(self.unet.config.block_out_channels) - 1
+        self.size_multiple = self.vae_factor * 2 ** n_down
+        self.vocab = self.unet.context_embedding.num_embeddings if getattr(self.unet, "context_embedding", None) is not None else 0
+
+    @classmethod
+    def from_pretrained(cls, path_or_name="inverse", *, revision: Optional[str] = None, device=None, dtype=None,
+                        allow_download: bool = False) -> "InverseRenderer":
+        root = resolve_checkpoint(path_or_name, revision=revision, allow_download=allow_download)
+        return cls(load_components(root, kind="inverse", device=device, dtype=dtype))
+
+    def encode_video(self, frames) -> torch.Tensor:
+        """frames (F, H, W, 3) in [0, 1] → unscaled condition latents (1, F, 4, h, w)."""
+        x = to_frames_tensor(frames, "frames")
+        check_size(x.shape[-2], x.shape[-1], self.size_multiple, "frames")
+        with autocast_for(self.device, self.dtype):
+            lat = encode_mean(self.vae, x)
+        return lat.unsqueeze(0)
+
+    @torch.no_grad()
+    def __call__(self, frames, passes: Sequence[str] = DEFAULT_PASSES, *, num_inference_steps: int = 20,
+                 seed: Optional[int] = 0, noise: Optional[torch.Tensor] = None, decode_chunk_size: int = 8,
+                 fps: int = 7, motion_bucket_id: int = 127, noise_aug_strength: float = 0.0,
+                 pass_batch: Optional[int] = None, cond_latents: Optional[torch.Tensor] = None,
+                 callback: Optional[sampling.StepCallback] = None, should_cancel=None,
+                 output: str = "np") -> dict:
+        """Returns {pass: (F, H, W, 3) float32 in [0, 1]} (``output="pt"``: torch tensors)."""
+        passes = list(dict.fromkeys(passes))
+        unknown = [p for p in passes if p not in PASS_INDEX]
+        if unknown or not passes:
+            raise ValueError(f"unknown pass(es) {unknown or passes}; choose from {', '.join(PASS_INDEX)}")
+        if self.vocab and max(PASS_INDEX[p] for p in passes) >= self.vocab:
+            raise ValueError(f"this checkpoint knows {self.vocab} passes; cannot produce {passes}")
+        if noise_aug_strength:
+            raise ValueError("noise_aug_strength must be 0 (the published models were run with 0)")
+        if cond_latents is None:
+            cond_latents = self.encode_video(frames)
+        cond_latents = cond_latents.to(self.device)
+        _, f, _, h, w = cond_latents.shape
+        base_noise = sampling.initial_noise((1, f, 4, h, w), seed, noise).to(self.device)
+        results = {}
+        batch = max(1, int(pass_batch or len(passes)))
+        for s in range(0, len(passes), batch):
+            group = passes[s:s + batch]
+            latents = self._sample(group, cond_latents, base_noise, num_inference_steps, fps, motion_bucket_id,
+                                   noise_aug_strength, callback, should_cancel)
+            with autocast_for(self.device, self.dtype):
+                video = decode_frames(self.vae, latents, decode_chunk_size)
+            for i, name in enumerate(group):
+                results[name] = video[i] if output == "pt" else video[i].cpu().numpy()
+        return results
+
+    def _sample(self, group, cond_latents, base_noise, steps, fps, motion_bucket_id, noise_aug, callback,
+                should_cancel) -> torch.Tensor:
+        p = len(group)
+        unet_dtype = next(self.unet.parameters()).dtype
+        cond = cond_latents.expand(p, *cond_latents.shape[1:])
+        ctx = torch.tensor([PASS_INDEX[n] for n in group], dtype=torch.long, device=self.device)
+        dim = self.unet.config.cross_attention_dim
+        dim = dim[0] if isinstance(dim, (list, tuple)) else dim
+        ehs = torch.zeros(p, 1, 1, dim, device=self.device, dtype=torch.float32)
+        time_ids = sampling.added_time_ids(fps, motion_bucket_id, noise_aug, p, self.device, torch.float32)
+        scheduler = sampling.make_scheduler(self.c.scheduler_config)
+
+        def model_fn(scaled, t):
+            x = torch.cat([scaled, cond.to(scaled.dtype)], dim=2)
+            with autocast_for(self.device, self.dtype):
+                if self.dtype != torch.float32:
+                    x = x.to(unet_dtype)
+                out = self.unet(x, t, ehs, time_ids, input_context=ctx)
+            return out.float()
+
+        noise = base_noise.expand(p, *base_noise.shape[1:]).contiguous()
+        return sampling.denoise(scheduler, steps, noise, model_fn, callback=callback, should_cancel=should_cancel)

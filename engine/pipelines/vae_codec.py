@@ -1,0 +1,78 @@
+"""VAE encode (posterior mean of ``2x−1`` images) and chunked temporal decode."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent cell, from the VAE's own config (8 for SVD's VAE, 4 for the tiny test one)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def to_frames_tensor(frames, name: str = "frames") -> torch.Tensor:
+    """(F, H, W, C) array/tensor (uint8 or float in [0, 1]) → float32 (F, 3, H, W) in [0, 1].
+
+    One-channel inputs are replicated to RGB, as the models were trained on grey RGB images."""
+    if isinstance(frames, np.ndarray):
+        t = torch.from_numpy(np.ascontiguousarray(frames))
+    elif isinstance(frames, torch.Tensor):
+        t = frames.detach()
+    else:
+        t = torch.as_tensor(np.asarray(frames))
+    if t.dtype == torch.uint8:
+        t = t.float() / 255.0
+    elif t.dtype == torch.uint16:
+        t = t.float() / 65535.0
+    else:
+        t = t.float()
+    if t.ndim == 3:
+        t = t[..., None]
+    if t.ndim != 4 or t.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{name}: expected an array shaped (frames, height, width, channels) with 1, 3 or 4 "
+                         f"channels, got {tuple(t.shape)}")
+    if t.shape[-1] == 4:
+        t = t[..., :3] * t[..., 3:4]  # RGBA composited over black, as the reference
+    if t.shape[-1] == 1:
+        t = t.expand(*t.shape[:-1], 3)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name}: contains NaN or Inf values")
+    if t.min() < -1e-6 or t.max() > 1 + 1e-6:
+        raise ValueError(f"{name}: values must lie in [0, 1] (got {float(t.min()):.4g}..{float(t.max()):.4g}); "
+                         "pass display-encoded images, not linear HDR")
+    return t.permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def encode_mean(vae, images: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+    """images (N, 3, H, W) in [0, 1] → posterior mean latents (N, 4, h, w) in the VAE's dtype.
+
+    Encoded ``chunk`` images at a time (the encoder has no temporal layers, so chunking is exact)."""
+    param = next(vae.parameters())
+    outs = []
+    for s in range(0, images.shape[0], chunk):
+        x = images[s:s + chunk].to(device=param.device, dtype=param.dtype) * 2.0 - 1.0
+        outs.append(vae.encode(x.contiguous()).latent_dist.mode())
+    return torch.cat(outs, 0)
+
+
+@torch.no_grad()
+def decode_frames(vae, latents: torch.Tensor, decode_chunk_size: int = 8) -> torch.Tensor:
+    """latents (B, F, 4, h, w) → frames (B, F, H, W, 3) float32 in [0, 1].
+
+    Like the reference, each chunk of ``decode_chunk_size`` frames is an independent call of the
+    temporal decoder (this changes results; the whole clip in one call is ``decode_chunk_size >= F``)."""
+    b, f = latents.shape[:2]
+    param = next(vae.parameters())
+    z = latents.to(device=param.device, dtype=param.dtype) / vae.config.scaling_factor
+    chunk = max(1, int(decode_chunk_size or f))
+    out = []
+    for s in range(0, f, chunk):
+        zc = z[:, s:s + chunk]
+        n = zc.shape[1]
+        dec = vae.decode(zc.flatten(0, 1), num_frames=n).sample  # (B·n, 3, H, W)
+        out.append(dec.float().unflatten(0, (b, n)))
+    video = torch.cat(out, 1)
+    return (video / 2 + 0.5).clamp(0, 1).permute(0, 1, 3, 4, 2).contiguous()

@@ -1,0 +1,23 @@
+"""Shared fixtures. Tests that need ../shared/golden skip with a clear reason where it is absent."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+GOLDEN = Path(os.environ.get("DR_GOLDEN_DIR") or REPO.parent / "shared" / "golden")
+HDRI = REPO.parent / "shared" / "hdri"
+
+
+@pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    if not (GOLDEN / "README.md").is_file():
+        pytest.skip(f"golden vectors not found at {GOLDEN} (../shared/golden beside the checkout, or DR_GOLDEN_DIR)")
+    return GOLDEN
+
+
+@pytest.fixture(scope="session")
+def hdri_dir() -> Path:
+    if not HDRI.is_dir():
+        pytest.skip(f"shared HDRIs not found at {HDRI}")
+    return HDRI
