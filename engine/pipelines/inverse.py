@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 
 from engine.pipelines import sampling

@@ -1,7 +1,6 @@
 """VAE encode (posterior mean of ``2x−1`` images) and chunked temporal decode."""
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import torch

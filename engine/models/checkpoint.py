@@ -1,0 +1,265 @@
+"""Verified checkpoint loading for the DiffusionRenderer modules.
+
+Every component folder (``unet/``, ``vae/``, ``env_encoder/``) holds a ``config.json`` and a
+``diffusion_pytorch_model.safetensors`` (a ``.fp16`` variant or a sharded ``.index.json`` is also
+accepted).  Loading is:
+
+1. read ``config.json`` and build the module on the ``meta`` device (no memory, no random init);
+2. read only the safetensors *header* and compare it with the module's state dict: every key
+   present, none extra, same shapes, floating dtypes -- otherwise :class:`CheckpointMismatchError`
+   naming the folder and the offending keys;
+3. read the tensors one by one, cast them to the requested dtype, move them to the device and
+   ``load_state_dict(strict=True, assign=True)``.
+
+The original checkpoints' root ``config.json`` is an empty (0-byte) file; :func:`read_config`
+returns ``{}`` for it.  Nothing here uses ``DiffusionPipeline.from_pretrained`` (the released
+``model_index.json`` refers to the original project's Python modules).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+WEIGHTS_NAME_FP16 = "diffusion_pytorch_model.fp16.safetensors"
+WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
+CONFIG_NAME = "config.json"
+
+_FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_LIST_LIMIT = 10
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint folder does not match the module its config describes (or cannot be read).
+
+    Attributes: ``folder``, ``missing`` (keys the module needs but the file lacks), ``unexpected``
+    (keys in the file the module does not have), ``shape_mismatched`` (``(key, file_shape,
+    module_shape)``), ``bad_dtype`` (``(key, dtype)``), ``reason`` (free text for other problems).
+    """
+
+    def __init__(self, folder, *, missing: Sequence[str] = (), unexpected: Sequence[str] = (),
+                 shape_mismatched: Sequence[tuple] = (), bad_dtype: Sequence[tuple] = (),
+                 reason: str | None = None, what: str = "module"):
+        self.folder = str(folder)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.shape_mismatched = list(shape_mismatched)
+        self.bad_dtype = list(bad_dtype)
+        self.reason = reason
+        self.what = what
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        lines = [f"checkpoint folder {self.folder!r} does not match the {self.what} built from its config.json"]
+        if self.reason:
+            lines[0] = f"checkpoint folder {self.folder!r}: {self.reason}"
+        if self.missing or self.unexpected or self.shape_mismatched or self.bad_dtype:
+            lines.append(
+                f"  {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+                f"{len(self.shape_mismatched)} shape-mismatched, {len(self.bad_dtype)} non-float tensors"
+            )
+
+        def section(title, items, fmt):
+            if items:
+                shown = items[:_LIST_LIMIT]
+                more = f" (first {_LIST_LIMIT} of {len(items)})" if len(items) > _LIST_LIMIT else ""
+                lines.append(f"  {title}{more}:")
+                lines.extend(f"    {fmt(x)}" for x in shown)
+
+        section("missing keys", self.missing, str)
+        section("unexpected keys", self.unexpected, str)
+        section("shape-mismatched keys (file vs module)", self.shape_mismatched,
+                lambda x: f"{x[0]}: {tuple(x[1])} vs {tuple(x[2])}")
+        section("non-floating-point tensors", self.bad_dtype, lambda x: f"{x[0]}: {x[1]}")
+        if len(lines) > 1 or not self.reason:
+            lines.append("  (wrong model type for this folder, a different config.json, or a corrupted download?)")
+        return "\n".join(lines)
+
+
+class CheckpointFileMissingError(CheckpointMismatchError, FileNotFoundError):
+    """A required file (config.json or the weights) is absent from a checkpoint folder."""
+
+    def __init__(self, folder, path, what: str = "file"):
+        self.path = str(path)
+        super().__init__(folder, reason=f"{what} {self.path!r} is missing")
+
+
+# ---------------------------------------------------------------------- configs
+def read_config(path, *, allow_empty: bool = False) -> dict:
+    """Read a JSON config.  ``allow_empty``: a 0-byte/blank file (the released root config.json) gives ``{}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointFileMissingError(path.parent, path, "config")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        if allow_empty:
+            return {}
+        raise CheckpointMismatchError(path.parent, reason=f"{path.name} is empty")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise CheckpointMismatchError(path.parent, reason=f"{path.name} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointMismatchError(path.parent, reason=f"{path.name} is not a JSON object")
+    return data
+
+
+def read_root_config(root) -> dict:
+    """The checkpoint root's config.json (0 bytes in the released repositories) -> dict, ``{}`` if absent/empty."""
+    path = Path(root) / CONFIG_NAME
+    return read_config(path, allow_empty=True) if path.is_file() else {}
+
+
+# ---------------------------------------------------------------------- safetensors headers
+def read_safetensors_header(path) -> dict[str, dict]:
+    """Parse only the JSON header of a safetensors file -> ``{name: {"dtype": str, "shape": [..]}}``."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) != 8:
+                raise ValueError("file shorter than 8 bytes")
+            (n,) = struct.unpack("<Q", raw)
+            if n <= 0 or n > _MAX_HEADER_BYTES or n > size - 8:
+                raise ValueError(f"header length {n} is impossible for a {size}-byte file")
+            header = json.loads(fh.read(n))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointMismatchError(path.parent, reason=f"{path.name} is not a readable safetensors file ({exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointMismatchError(path.parent, reason=f"{path.name} has a malformed header")
+    out = {}
+    data_len = size - 8 - n
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            dtype, shape, (start, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointMismatchError(path.parent, reason=f"{path.name}: malformed header entry {key!r}") from None
+        if not (0 <= start <= end <= data_len):
+            raise CheckpointMismatchError(
+                path.parent, reason=f"{path.name} is truncated or corrupt: tensor {key!r} lies outside the file")
+        out[key] = {"dtype": dtype, "shape": shape}
+    return out
+
+
+def find_weight_files(folder) -> list[Path]:
+    """The safetensors file(s) of a component folder (single file, fp16 variant, or sharded index)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointFileMissingError(folder, folder, "folder")
+    for name in (WEIGHTS_NAME, WEIGHTS_NAME_FP16):
+        if (folder / name).is_file():
+            return [folder / name]
+    index = folder / WEIGHTS_INDEX_NAME
+    if index.is_file():
+        data = read_config(index)
+        shards = sorted(set((data.get("weight_map") or {}).values()))
+        if not shards:
+            raise CheckpointMismatchError(folder, reason=f"{index.name} has an empty weight_map")
+        paths = [folder / s for s in shards]
+        for p in paths:
+            if not p.is_file():
+                raise CheckpointFileMissingError(folder, p, "weights shard")
+        return paths
+    raise CheckpointFileMissingError(folder, folder / WEIGHTS_NAME, "weights file")
+
+
+def verify_header_against_module(folder, header: Mapping[str, Mapping], module: nn.Module, what: str = "module") -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``header`` has exactly the module's keys and shapes."""
+    expected = OrderedDict((k, tuple(v.shape)) for k, v in module.state_dict().items())
+    missing = [k for k in expected if k not in header]
+    unexpected = sorted(k for k in header if k not in expected)
+    mismatched = [(k, tuple(header[k]["shape"]), expected[k]) for k in expected
+                  if k in header and tuple(header[k]["shape"]) != expected[k]]
+    bad_dtype = [(k, header[k]["dtype"]) for k in expected if k in header and header[k]["dtype"] not in _FLOAT_DTYPES]
+    if missing or unexpected or mismatched or bad_dtype:
+        raise CheckpointMismatchError(folder, missing=missing, unexpected=unexpected, shape_mismatched=mismatched,
+                                      bad_dtype=bad_dtype, what=what)
+
+
+def load_verified_weights(module: nn.Module, folder, *, dtype: torch.dtype = torch.float32,
+                          device: str | torch.device = "cpu", what: str = "module") -> nn.Module:
+    """Verify the folder's safetensors header(s) against ``module`` (usually on ``meta``), then load strictly.
+
+    Tensors are read one at a time, cast to ``dtype`` and moved to ``device``; the module's
+    parameters are replaced (``assign=True``), so a meta-device module ends up fully materialised.
+    """
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    files = find_weight_files(folder)
+    header: dict[str, dict] = {}
+    owner: dict[str, Path] = {}
+    for f in files:
+        for k, v in read_safetensors_header(f).items():
+            if k in header:
+                raise CheckpointMismatchError(folder, reason=f"tensor {k!r} appears in more than one shard")
+            header[k] = v
+            owner[k] = f
+    verify_header_against_module(folder, header, module, what=what)
+
+    device = torch.device(device)
+    state = {}
+    try:
+        for f in files:
+            with safe_open(str(f), framework="pt", device="cpu") as fh:
+                for key in fh.keys():
+                    state[key] = fh.get_tensor(key).to(device=device, dtype=dtype)
+    except Exception as exc:  # safetensors raises its own error types for corrupt payloads
+        raise CheckpointMismatchError(folder, reason=f"cannot read the weights ({type(exc).__name__}: {exc})") from exc
+    result = module.load_state_dict(state, strict=True, assign=True)
+    del state
+    if getattr(result, "missing_keys", None) or getattr(result, "unexpected_keys", None):  # pragma: no cover
+        raise CheckpointMismatchError(folder, missing=result.missing_keys, unexpected=result.unexpected_keys, what=what)
+    leftovers = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if leftovers:  # pragma: no cover - no module here has non-persistent buffers
+        raise CheckpointMismatchError(folder, reason=f"tensors not materialised after loading: {leftovers[:_LIST_LIMIT]}")
+    module.requires_grad_(False)
+    module.eval()
+    log.info("loaded %s from %s (%d tensors, %s, %s)", what, folder, len(header), str(dtype).replace("torch.", ""), device)
+    return module
+
+
+def _load_component(folder, builder: Callable, what: str, dtype, device) -> nn.Module:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointFileMissingError(folder, folder, "component folder")
+    config = read_config(folder / CONFIG_NAME)
+    try:
+        module = builder(config, device="meta")
+    except (TypeError, ValueError, NotImplementedError) as exc:
+        raise CheckpointMismatchError(folder, reason=f"config.json cannot build a {what}: {exc}") from exc
+    return load_verified_weights(module, folder, dtype=dtype, device=device, what=what)
+
+
+def load_unet(folder, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Build a :class:`~engine.models.unet.DRUNet` from ``folder/config.json`` and load its weights (verified)."""
+    from .unet import build_unet_from_config
+
+    return _load_component(folder, build_unet_from_config, "DiffusionRenderer UNet", dtype, device)
+
+
+def load_vae(folder, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Build diffusers' ``AutoencoderKLTemporalDecoder`` from ``folder/config.json`` and load it (verified)."""
+    from .vae import build_vae_from_config
+
+    return _load_component(folder, build_vae_from_config, "AutoencoderKLTemporalDecoder", dtype, device)
+
+
+def load_env_encoder(folder, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Build an :class:`~engine.models.env_encoder.EnvEncoder` from ``folder/config.json`` and load it (verified)."""
+    from .env_encoder import build_env_encoder_from_config
+
+    return _load_component(folder, build_env_encoder_from_config, "EnvEncoder", dtype, device)
