@@ -18,6 +18,7 @@ from engine.pipelines.components import Components, load_components, resolve_che
 from engine.pipelines.inverse import autocast_for, check_size
 from engine.pipelines.lighting import as_env_maps
 from engine.pipelines.vae_codec import decode_frames, encode_mean, to_frames_tensor, vae_scale_factor
+from engine.pipelines.windows import decode_clip, plan_windows, sample_clip
 
 GBUFFER_ORDER = ("basecolor", "normal", "depth", "roughness", "metallic")
 
@@ -110,8 +111,11 @@ class ForwardRenderer:
                  env_resolution: Sequence[int] = (512, 512), fixed_frame: Optional[int] = None,
                  num_frames: Optional[int] = None, decode_chunk_size: int = 8, fps: int = 7,
                  motion_bucket_id: int = 127, cond_latents: Optional[torch.Tensor] = None,
+                 window: Optional[int] = None, overlap: int = 0, blend: str = "latent", decode_overlap: int = 0,
                  callback: Optional[sampling.StepCallback] = None, should_cancel=None, output: str = "np"):
-        """Returns (F, H, W, 3) float32 in [0, 1]; a list of lights returns a list of videos."""
+        """Returns (F, H, W, 3) float32 in [0, 1]; a list of lights returns a list of videos.
+
+        ``window``/``overlap``/``blend``: long clips, see :mod:`engine.pipelines.windows`."""
         lights = light if isinstance(light, (list, tuple)) else [light]
         if cond_latents is None:
             cond_latents = self.encode_gbuffers(gbuffers, fixed_frame, num_frames)
@@ -121,19 +125,27 @@ class ForwardRenderer:
             f = cond_latents.shape[1]
             env_ldr, env_log = as_env_maps(one, f, env_resolution, device=self.device)
             tokens = self.env_tokens(env_ldr, env_log)
-            latents = self.sample(cond_latents, tokens, num_inference_steps=num_inference_steps,
-                                  guidance_scale=guidance_scale, lora_scale=lora_scale, seed=seed, noise=noise,
-                                  fps=fps, motion_bucket_id=motion_bucket_id, callback=callback,
-                                  should_cancel=should_cancel)
+            plan = plan_windows(f, window or f, overlap if window and window < f else 0)
+            result = self.sample_clip(cond_latents, tokens, plan, blend, num_inference_steps=num_inference_steps,
+                                      guidance_scale=guidance_scale, lora_scale=lora_scale, seed=seed, noise=noise,
+                                      fps=fps, motion_bucket_id=motion_bucket_id, callback=callback,
+                                      should_cancel=should_cancel)
             with autocast_for(self.device, self.dtype):
-                video = decode_frames(self.vae, latents, decode_chunk_size)[0]
+                video = decode_clip(lambda lat: decode_frames(self.vae, lat, decode_chunk_size, decode_overlap),
+                                    result, plan, blend)[0]
             videos.append(video if output == "pt" else video.cpu().numpy())
         return videos if isinstance(light, (list, tuple)) else videos[0]
 
-    def sample(self, cond_latents: torch.Tensor, tokens: list[torch.Tensor], *, num_inference_steps: int = 20,
-               guidance_scale: float = 1.2, lora_scale: float = 0.25, seed: Optional[int] = 0, noise=None,
-               fps: int = 7, motion_bucket_id: int = 127, callback=None, should_cancel=None) -> torch.Tensor:
-        """Denoise latents (1, F, 4, h, w) for one light's tokens."""
+    def sample(self, cond_latents: torch.Tensor, tokens: list[torch.Tensor], **kwargs) -> torch.Tensor:
+        """Denoise latents (1, F, 4, h, w) for one light's tokens, the whole clip as one window."""
+        f = cond_latents.shape[1]
+        return self.sample_clip(cond_latents, tokens, [(0, f)], "latent", **kwargs)[1]
+
+    def sample_clip(self, cond_latents: torch.Tensor, tokens: list[torch.Tensor], plan, blend: str = "latent", *,
+                    num_inference_steps: int = 20, guidance_scale: float = 1.2, lora_scale: float = 0.25,
+                    seed: Optional[int] = 0, noise=None, fps: int = 7, motion_bucket_id: int = 127, callback=None,
+                    should_cancel=None):
+        """Denoise a clip over the windows ``plan``; returns :func:`windows.sample_clip`'s result."""
         _, f, _, h, w = cond_latents.shape
         cfg = guidance_scale > 1.0
         if cfg:
@@ -146,23 +158,22 @@ class ForwardRenderer:
         if self.dtype != torch.float32:
             ehs = [t.to(unet_dtype) for t in ehs]
         time_ids = sampling.added_time_ids(fps, motion_bucket_id, 0.0, batch, self.device, torch.float32)
-        g = sampling.frame_guidance(guidance_scale, guidance_scale, f, self.device, torch.float32)
         scale = float(lora_scale) if self.has_lora else None
-        # the reference switches the forward scheduler to "trailing" spacing (init sigma = sigma_max)
-        scheduler = sampling.make_scheduler(self.c.scheduler_config, timestep_spacing="trailing")
 
-        def model_fn(scaled, t):
+        def window_fn(scaled, t, s, e):
             x = torch.cat([scaled] * batch) if cfg else scaled
-            x = torch.cat([x, cond.to(x.dtype)], dim=2)
+            x = torch.cat([x, cond[:, s:e].to(x.dtype)], dim=2)
             with autocast_for(self.device, self.dtype):
                 if self.dtype != torch.float32:
                     x = x.to(unet_dtype)
-                out = self.unet(x, t, ehs, time_ids, lora_scale=scale).float()
+                out = self.unet(x, t, [h_[:, s:e] for h_ in ehs], time_ids, lora_scale=scale).float()
             if cfg:
                 u, c = out.chunk(2)
-                out = u + g * (c - u)
+                out = u + guidance_scale * (c - u)
             return out
 
         base = sampling.initial_noise((1, f, 4, h, w), seed, noise).to(self.device)
-        return sampling.denoise(scheduler, num_inference_steps, base, model_fn, callback=callback,
-                                should_cancel=should_cancel)
+        # the reference switches the forward scheduler to "trailing" spacing (init sigma = sigma_max)
+        return sample_clip(lambda: sampling.make_scheduler(self.c.scheduler_config, timestep_spacing="trailing"),
+                           num_inference_steps, base, window_fn, plan, blend, callback=callback,
+                           should_cancel=should_cancel)

@@ -16,6 +16,7 @@ import torch
 from engine.pipelines import sampling
 from engine.pipelines.components import Components, load_components, resolve_checkpoint
 from engine.pipelines.vae_codec import decode_frames, encode_mean, to_frames_tensor, vae_scale_factor
+from engine.pipelines.windows import decode_clip, plan_windows, sample_clip
 
 PASS_INDEX = {"basecolor": 0, "metallic": 1, "roughness": 2, "normal": 3, "depth": 4, "diffuse_albedo": 5}
 DEFAULT_PASSES = ("basecolor", "metallic", "roughness", "normal", "depth")
@@ -70,9 +71,14 @@ class InverseRenderer:
                  seed: Optional[int] = 0, noise: Optional[torch.Tensor] = None, decode_chunk_size: int = 8,
                  fps: int = 7, motion_bucket_id: int = 127, noise_aug_strength: float = 0.0,
                  pass_batch: Optional[int] = None, cond_latents: Optional[torch.Tensor] = None,
+                 window: Optional[int] = None, overlap: int = 0, blend: str = "latent", decode_overlap: int = 0,
                  callback: Optional[sampling.StepCallback] = None, should_cancel=None,
                  output: str = "np") -> dict:
-        """Returns {pass: (F, H, W, 3) float32 in [0, 1]} (``output="pt"``: torch tensors)."""
+        """Returns {pass: (F, H, W, 3) float32 in [0, 1]} (``output="pt"``: torch tensors).
+
+        ``window``: frames the model sees at once (None: the whole clip, as one reference call);
+        longer clips are covered by windows overlapping by ``overlap`` frames, blended per ``blend``
+        (see :mod:`engine.pipelines.windows`)."""
         passes = list(dict.fromkeys(passes))
         unknown = [p for p in passes if p not in PASS_INDEX]
         if unknown or not passes:
@@ -85,21 +91,23 @@ class InverseRenderer:
             cond_latents = self.encode_video(frames)
         cond_latents = cond_latents.to(self.device)
         _, f, _, h, w = cond_latents.shape
+        plan = plan_windows(f, window or f, overlap if window and window < f else 0)
         base_noise = sampling.initial_noise((1, f, 4, h, w), seed, noise).to(self.device)
         results = {}
         batch = max(1, int(pass_batch or len(passes)))
         for s in range(0, len(passes), batch):
             group = passes[s:s + batch]
-            latents = self._sample(group, cond_latents, base_noise, num_inference_steps, fps, motion_bucket_id,
-                                   noise_aug_strength, callback, should_cancel)
+            result = self._sample(group, cond_latents, base_noise, num_inference_steps, fps, motion_bucket_id,
+                                  noise_aug_strength, plan, blend, callback, should_cancel)
             with autocast_for(self.device, self.dtype):
-                video = decode_frames(self.vae, latents, decode_chunk_size)
+                video = decode_clip(lambda lat: decode_frames(self.vae, lat, decode_chunk_size, decode_overlap),
+                                    result, plan, blend)
             for i, name in enumerate(group):
                 results[name] = video[i] if output == "pt" else video[i].cpu().numpy()
         return results
 
-    def _sample(self, group, cond_latents, base_noise, steps, fps, motion_bucket_id, noise_aug, callback,
-                should_cancel) -> torch.Tensor:
+    def _sample(self, group, cond_latents, base_noise, steps, fps, motion_bucket_id, noise_aug, plan, blend,
+                callback, should_cancel):
         p = len(group)
         unet_dtype = next(self.unet.parameters()).dtype
         cond = cond_latents.expand(p, *cond_latents.shape[1:])
@@ -108,10 +116,9 @@ class InverseRenderer:
         dim = dim[0] if isinstance(dim, (list, tuple)) else dim
         ehs = torch.zeros(p, 1, 1, dim, device=self.device, dtype=torch.float32)
         time_ids = sampling.added_time_ids(fps, motion_bucket_id, noise_aug, p, self.device, torch.float32)
-        scheduler = sampling.make_scheduler(self.c.scheduler_config)
 
-        def model_fn(scaled, t):
-            x = torch.cat([scaled, cond.to(scaled.dtype)], dim=2)
+        def window_fn(scaled, t, s, e):
+            x = torch.cat([scaled, cond[:, s:e].to(scaled.dtype)], dim=2)
             with autocast_for(self.device, self.dtype):
                 if self.dtype != torch.float32:
                     x = x.to(unet_dtype)
@@ -119,4 +126,5 @@ class InverseRenderer:
             return out.float()
 
         noise = base_noise.expand(p, *base_noise.shape[1:]).contiguous()
-        return sampling.denoise(scheduler, steps, noise, model_fn, callback=callback, should_cancel=should_cancel)
+        return sample_clip(lambda: sampling.make_scheduler(self.c.scheduler_config), steps, noise, window_fn, plan,
+                           blend, callback=callback, should_cancel=should_cancel)

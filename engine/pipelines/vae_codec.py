@@ -58,20 +58,26 @@ def encode_mean(vae, images: torch.Tensor, chunk: int = 16) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_frames(vae, latents: torch.Tensor, decode_chunk_size: int = 8) -> torch.Tensor:
+def decode_frames(vae, latents: torch.Tensor, decode_chunk_size: int = 8, overlap: int = 0) -> torch.Tensor:
     """latents (B, F, 4, h, w) → frames (B, F, H, W, 3) float32 in [0, 1].
 
     Like the reference, each chunk of ``decode_chunk_size`` frames is an independent call of the
-    temporal decoder (this changes results; the whole clip in one call is ``decode_chunk_size >= F``)."""
+    temporal decoder (this changes results; the whole clip in one call is ``decode_chunk_size >= F``).
+    ``overlap > 0`` decodes overlapping chunks and cross-fades them, removing the flicker the
+    reference shows at chunk boundaries (frames 7|8, 15|16)."""
+    from engine.pipelines.windows import blend, plan_windows, window_weights
+
     b, f = latents.shape[:2]
     param = next(vae.parameters())
     z = latents.to(device=param.device, dtype=param.dtype) / vae.config.scaling_factor
     chunk = max(1, int(decode_chunk_size or f))
+    if overlap and f > chunk:
+        plan = plan_windows(f, chunk, min(overlap, chunk - 1))
+    else:
+        plan = [(s, min(s + chunk, f)) for s in range(0, f, chunk)]
     out = []
-    for s in range(0, f, chunk):
-        zc = z[:, s:s + chunk]
-        n = zc.shape[1]
-        dec = vae.decode(zc.flatten(0, 1), num_frames=n).sample  # (B·n, 3, H, W)
-        out.append(dec.float().unflatten(0, (b, n)))
-    video = torch.cat(out, 1)
-    return (video / 2 + 0.5).clamp(0, 1).permute(0, 1, 3, 4, 2).contiguous()
+    for s, e in plan:
+        dec = vae.decode(z[:, s:e].flatten(0, 1), num_frames=e - s).sample  # (B·n, 3, H, W)
+        out.append(((dec.float() / 2 + 0.5).clamp(0, 1)).unflatten(0, (b, e - s)))
+    video = torch.cat(out, 1) if not overlap or f <= chunk else blend(out, plan, window_weights(plan, f))
+    return video.permute(0, 1, 3, 4, 2).contiguous()
