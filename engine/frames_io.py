@@ -67,6 +67,9 @@ def write_png(path, image: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             Image.fromarray(u8).save(fh, format="PNG")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
