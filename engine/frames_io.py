@@ -1,12 +1,12 @@
 """Reading and writing plain image frames (8/16-bit PNG/JPEG/TIFF) as float arrays in [0, 1]."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from engine.atomic import atomic_write
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -62,16 +62,4 @@ def write_png(path, image: np.ndarray) -> None:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     u8 = np.round(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(u8).save(fh, format="PNG")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: Image.fromarray(u8).save(tmp, format="PNG"))

@@ -21,12 +21,18 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from engine.atomic import atomic_write_text
 from engine.model_registry import (  # noqa: F401  (re-exported: engine.hub is the public entry point)
-    ALL, IGNORE_PATTERNS, LICENCE_NOTICE, PUBLISHED_MODELS, REVISION_RECORD, ModelSpec, allow_patterns,
+    ALL,
+    IGNORE_PATTERNS,
+    LICENCE_NOTICE,
+    PUBLISHED_MODELS,
+    REVISION_RECORD,
+    ModelSpec,
+    allow_patterns,
 )
 
 logger = logging.getLogger(__name__)
@@ -107,24 +113,11 @@ def _write_record(spec: ModelSpec, cache: Path, commit: str, requested: str) -> 
     path = record_path(spec, cache)
     data = {"repo_id": spec.repo_id, "commit": commit, "requested_revision": requested,
             "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "written_by": __name__}
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{REVISION_RECORD}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
         logger.info("Recorded %s revision %r -> %s in %s", spec.repo_id, requested, commit, path)
     except OSError as exc:  # e.g. a read-only shared cache: keep working, just not pinned
         logger.warning("Could not record the revision of %s in %s (%s).", spec.repo_id, path, exc)
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def _choose_revision(spec: ModelSpec, revision: str | None, cache: Path) -> tuple[str | None, str]:

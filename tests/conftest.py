@@ -1,11 +1,10 @@
 """Shared fixtures. Tests that need ../shared/golden skip with a clear reason where it is absent."""
-import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-GOLDEN = Path(os.environ.get("DR_GOLDEN_DIR") or REPO.parent / "shared" / "golden")
+from golden_paths import GOLDEN  # noqa: E402
 HDRI = REPO.parent / "shared" / "hdri"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ from engine.envmap import (
     srgb_oetf,
 )
 
-GOLDEN = Path(os.environ.get("DR_GOLDEN_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "golden")
+from golden_paths import GOLDEN  # noqa: E402
 ENV_PROJ = GOLDEN / "env-proj"
 CASES_JSON = ENV_PROJ / "cases.json"
 

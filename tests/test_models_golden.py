@@ -5,8 +5,6 @@ test_models_lora.py.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,16 +14,7 @@ from engine.models import (GBUFFER_INDEX, EnvEncoder, load_env_encoder, load_une
                            make_group_norm_inputs_contiguous)
 
 
-def golden_dir() -> Path:
-    env = os.environ.get("DR_GOLDEN_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "golden"
-
-
-def require_golden(*parts) -> Path:
-    path = golden_dir().joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"golden data not found at {path} (set DR_GOLDEN_DIR to the golden folder)")
-    return path
+from golden_paths import require_golden  # noqa: E402
 
 
 @pytest.fixture(scope="module")

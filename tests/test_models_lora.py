@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import copy
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,16 +10,7 @@ from safetensors.torch import load_file, save_file
 from engine.models import LoraLoadError, build_unet_from_config, load_lora, load_unet
 
 
-def golden_dir() -> Path:
-    env = os.environ.get("DR_GOLDEN_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "golden"
-
-
-def require_golden(*parts) -> Path:
-    path = golden_dir().joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"golden data not found at {path} (set DR_GOLDEN_DIR to the golden folder)")
-    return path
+from golden_paths import require_golden  # noqa: E402
 
 
 TINY_FORWARD = {

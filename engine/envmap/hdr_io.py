@@ -14,12 +14,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from engine.atomic import atomic_write_bytes
 
 __all__ = ["EnvmapLoadError", "float_to_rgbe", "load_envmap", "read_exr", "read_hdr", "rgbe_to_float", "write_hdr"]
 
@@ -254,37 +254,20 @@ def write_hdr(path, array, *, rle: bool = True) -> None:
                 parts.append(_rle_channel(np.ascontiguousarray(rgbe[row, :, ch])))
     else:
         parts.append(rgbe.tobytes())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"".join(parts))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(Path(path), b"".join(parts))
 
 
 # --------------------------------------------------------------------------- EXR and dispatch
 def read_exr(path) -> np.ndarray:
-    """Read the RGB channels of an OpenEXR file (first part) -> float32 (H, W, 3)."""
+    """Read the RGB channels of an OpenEXR file (any part; plain RGB preferred) -> float32 (H, W, 3)."""
     path = Path(path)
-    try:
-        import OpenEXR
-    except ImportError as e:  # pragma: no cover - dependency declared in pyproject
-        raise EnvmapLoadError(f"{path}: reading .exr needs the 'OpenEXR' package") from e
     if not path.is_file():
         raise EnvmapLoadError(f"{path}: file not found")
+    from engine.io.exr import read_exr as read_exr_channels
+
     try:
-        with OpenEXR.File(str(path), separate_channels=True) as f:
-            chans = {k: np.asarray(v.pixels) for k, v in f.parts[0].channels.items()}
-    except EnvmapLoadError:
-        raise
-    except Exception as e:
+        chans = read_exr_channels(path)  # every part of single- or multi-part files
+    except Exception as e:  # noqa: BLE001
         raise EnvmapLoadError(f"{path}: cannot read OpenEXR file ({e})") from e
     # group channels by layer prefix ("" for plain R/G/B, "ViewLayer.Combined" for "ViewLayer.Combined.R")
     layers: dict[str, dict[str, np.ndarray]] = {}

@@ -15,13 +15,13 @@ Unreadable files raise :class:`ExrError` (a ``ValueError``) naming the file; a m
 """
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from struct import error as struct_error
 from typing import Mapping
 
 import numpy as np
+
+from engine.atomic import atomic_write
 
 __all__ = ["ExrError", "read_exr", "read_exr_header", "write_exr", "write_exr_rgb", "HALF_MAX", "COMPRESSIONS"]
 
@@ -240,22 +240,6 @@ def _compression(OpenEXR, name: str):
     return getattr(OpenEXR, attr)
 
 
-def _atomic_write(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh hidden name in the same folder (created by the writer, so the umask applies as usual)
-    tmp = str(path.with_name(f".{path.stem}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}"))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
-
-
 def write_exr(path, channels: Mapping[str, np.ndarray], *, dtype: str = "half", compression: str = "zip",
               attributes: Mapping | None = None) -> Path:
     """Write ``{channel name: (H, W) array}`` as a single-part scanline EXR, atomically.
@@ -301,7 +285,7 @@ def write_exr(path, channels: Mapping[str, np.ndarray], *, dtype: str = "half", 
         except Exception as exc:
             raise ExrError(f"{path}: cannot write EXR ({exc})") from None
 
-    return _atomic_write(path, _write)
+    return atomic_write(path, _write)
 
 
 def write_exr_rgb(path, image: np.ndarray, *, dtype: str = "half", compression: str = "zip",

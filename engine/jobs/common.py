@@ -1,0 +1,160 @@
+"""Pieces shared by the inverse and forward jobs: resolution rules, resizing, settings keys, resume cache,
+progress and summaries."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from engine.atomic import atomic_write
+
+CACHE_DIR = ".dr-resume"
+
+
+class JobError(Exception):
+    """A job cannot run as asked; the message names the file or setting and the fix."""
+
+
+def parse_resolution(text: Optional[str], multiple: int = 64) -> Optional[tuple[int, int]]:
+    """'WxH' → (W, H); both sides must be positive multiples of ``multiple``."""
+    if text in (None, "", "auto"):
+        return None
+    try:
+        w, h = (int(v) for v in str(text).lower().replace("×", "x").split("x"))
+    except ValueError:
+        raise JobError(f"--resolution {text!r}: expected WIDTHxHEIGHT, e.g. 960x512") from None
+    if w <= 0 or h <= 0 or w % multiple or h % multiple:
+        fix = f"{max(multiple, round(w / multiple) * multiple)}x{max(multiple, round(h / multiple) * multiple)}"
+        raise JobError(f"--resolution {w}x{h}: both sides must be multiples of {multiple} (try {fix})")
+    return w, h
+
+
+def cover_resolution(width: int, height: int, target: int = 512, multiple: int = 64) -> tuple[int, int]:
+    """The reference's rule (MODEL_SPEC §7.3): scale to cover ``target``² keeping the aspect, truncate,
+    round each side up to a multiple of ``multiple`` (1920×1080 → 960×512)."""
+    s = max(target / width, target / height)
+    w, h = int(width * s), int(height * s)
+    return max(multiple, -(-w // multiple) * multiple), max(multiple, -(-h // multiple) * multiple)
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(n, H, W, C) float → (n, size[1], size[0], C), bilinear (antialiased when shrinking)."""
+    w, h = size
+    if frames.shape[1:3] == (h, w):
+        return frames
+    t = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    shrink = h < frames.shape[1] or w < frames.shape[2]
+    out = torch.nn.functional.interpolate(t, size=(h, w), mode="bilinear", align_corners=False, antialias=shrink)
+    return out.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def file_identity(path: Path) -> list:
+    """Cheap identity of an input file or folder (names, sizes, mtimes) for the settings key."""
+    path = Path(path)
+    if path.is_file():
+        st = path.stat()
+        return [path.name, st.st_size, int(st.st_mtime)]
+    items = []
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            st = p.stat()
+            items.append([str(p.relative_to(path)), st.st_size, int(st.st_mtime)])
+    return items
+
+
+def settings_key(settings: dict) -> str:
+    blob = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+class ResumeCache:
+    """Finished segments of one job, keyed by its settings: ``<out>/.dr-resume/<key>/seg_0003.safetensors``.
+
+    A changed setting gives another key, so stale results are never reused; other keys' folders are
+    removed when a job starts (they cannot be resumed any more)."""
+
+    def __init__(self, out_dir: Path, key: str):
+        self.root = Path(out_dir) / CACHE_DIR
+        self.dir = self.root / key
+        if self.root.is_dir():
+            for other in self.root.iterdir():
+                if other.is_dir() and other.name != key:
+                    shutil.rmtree(other, ignore_errors=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, name: str) -> Path:
+        return self.dir / f"{name}.safetensors"
+
+    def get(self, name: str) -> Optional[dict]:
+        from safetensors.torch import load_file
+
+        p = self._path(name)
+        if not p.is_file():
+            return None
+        try:
+            return {k: v.float() for k, v in load_file(str(p)).items()}
+        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+            p.unlink(missing_ok=True)
+            return None
+
+    def put(self, name: str, tensors: dict) -> None:
+        from safetensors.torch import save_file
+
+        data = {k: torch.as_tensor(v).to(torch.float16).contiguous() for k, v in tensors.items()}
+        atomic_write(self._path(name), lambda tmp: save_file(data, tmp))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            self.root.rmdir()
+        except OSError:
+            pass
+
+
+def check_writable(folder: Path) -> None:
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise JobError(f"output folder {folder} is not writable ({exc.strerror or exc}); choose another --out") from None
+
+
+@dataclass
+class Progress:
+    """tqdm over chunks × steps on stderr; also forwards to an optional listener (the server)."""
+    total: int
+    desc: str
+    listener: Optional[callable] = None
+    enabled: bool = True
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.total, desc=self.desc, unit="step", file=sys.stderr, dynamic_ncols=True,
+                        disable=not self.enabled, leave=False)
+
+    def step(self, stage: str = "denoise", chunk: int = 0, n: int = 1) -> None:
+        self.done += n
+        self.bar.update(n)
+        if self.listener is not None:
+            elapsed = time.monotonic() - self.started
+            eta = elapsed / self.done * (self.total - self.done) if self.done else None
+            self.listener({"stage": stage, "chunk": chunk, "step": self.done, "total": self.total, "eta_s": eta})
+
+    def close(self) -> None:
+        self.bar.close()
