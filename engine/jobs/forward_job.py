@@ -1,0 +1,178 @@
+"""The forward job: G-buffers + one or more HDRIs → relit sets (linear EXR + PNG + mp4), one per light."""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from engine.jobs.common import (JobError, Progress, ResumeCache, check_writable, cover_resolution, file_identity,
+                                resize_frames, settings_key)
+from engine.jobs.gbuffer_inputs import GBufferInputError, load_gbuffer_clips
+from engine.jobs.inverse_job import ClipResult, _model_identity, _up_to_date, denoise_calls
+from engine.jobs.segments import noise_for, plan_segments, run_segments
+
+
+@dataclass
+class ForwardSettings:
+    model: str = "forward"
+    revision: Optional[str] = None
+    lora_scale: float = 0.25
+    guidance: float = 1.2
+    rotate_light: bool = False
+    fixed_frame: Optional[int] = None
+    elevation: float = 0.0
+    elevation_convention: str = "reference"
+    env_rotation: float = 180.0
+    env_strength: float = 1.0
+    env_flip: bool = False
+    camera_follow: bool = False
+    env_resolution: tuple = (512, 512)
+    frames: int = 24
+    overlap: int = 6
+    steps: int = 20
+    resolution: Optional[tuple] = None
+    seed: Optional[int] = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    decode_chunk: int = 8
+    decode_overlap: int = 2
+    blend: str = "latent"
+    windows_per_segment: int = 4
+    overwrite: bool = False
+    previews: bool = True
+
+
+def _light_for(clip, hdri: Path, settings: ForwardSettings, n: int):
+    from engine.envmap import env_rotation_from_blender, load_envmap
+    from engine.pipelines import EnvLight
+
+    try:
+        hdr = load_envmap(hdri)
+    except (FileNotFoundError, ValueError) as exc:
+        raise JobError(f"--hdri {hdri}: {exc}") from None
+    cams = None
+    if settings.camera_follow:
+        if not clip.cameras:
+            raise JobError(f"--camera-follow: {clip.source} has no per-frame camera matrices (export the G-buffers "
+                           "with the add-on, or drop --camera-follow)")
+        cams = env_rotation_from_blender(np.asarray(clip.cameras, dtype=np.float64)[:, :3, :3]).numpy()
+        if settings.fixed_frame is not None:
+            cams = np.repeat(cams[settings.fixed_frame:settings.fixed_frame + 1], n, 0)
+    return EnvLight(hdr, rotate=settings.rotate_light, elevation=0.0 if cams is not None else settings.elevation,
+                    elevation_convention=settings.elevation_convention, rotation=settings.env_rotation,
+                    flip=settings.env_flip, strength=settings.env_strength, cam_rotations=cams)
+
+
+def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, renderer, *, listener=None,
+                     should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True) -> ClipResult:
+    from engine.gbuffer import GBufferSetWriter, srgb_to_linear, write_pass_video, write_previews
+    from engine.gbuffer.manifest import make_provenance
+
+    t0 = time.monotonic()
+    n = len(clip.frame_numbers)
+    if settings.fixed_frame is not None and not 0 <= settings.fixed_frame < n:
+        raise JobError(f"--fixed-frame {settings.fixed_frame}: the clip has frames 0..{n - 1}")
+    size = settings.resolution or (clip.size if all(v % 64 == 0 for v in clip.size) else cover_resolution(*clip.size))
+    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
+    key = settings_key({"input": clip.source, "files": file_identity(Path(clip.source)), "clip": clip.name,
+                        "hdri": [str(hdri.resolve()), file_identity(hdri)], "job": "forward",
+                        "model": _model_identity(renderer), "seed": seed, "resolution": list(size),
+                        **{k: v for k, v in asdict(settings).items() if k not in ("overwrite", "device", "previews")}})
+    result = ClipResult(clip.source, str(out), n, tuple(size), ["relit"])
+    if _up_to_date(out, key):
+        result.status = "up-to-date"
+        return result
+    check_writable(out)
+    light = _light_for(clip, hdri, settings, n)
+    env_ldr, env_log = light.maps(n, settings.env_resolution)
+    cache = ResumeCache(out, key)
+    segments = plan_segments(n, settings.frames, settings.overlap, settings.windows_per_segment)
+    result.segments = len(segments)
+    w, h = size
+    noise = noise_for((1, n, 4, h // renderer.vae_factor, w // renderer.vae_factor), seed)
+    progress = Progress(denoise_calls(segments, settings), f"forward {clip.name} × {hdri.stem}", listener,
+                        show_progress)
+    computed = []
+
+    def compute(k, s, e):
+        if settings.fixed_frame is not None:
+            gb = {p: resize_frames(np.repeat(v[settings.fixed_frame:settings.fixed_frame + 1], e - s, 0), size)
+                  for p, v in clip.inputs.items()}
+        else:
+            gb = {p: resize_frames(v[s:e], size) for p, v in clip.inputs.items()}
+        video = renderer(gb, {"env_ldr": env_ldr[s:e], "env_log": env_log[s:e]},
+                         num_inference_steps=settings.steps, guidance_scale=settings.guidance,
+                         lora_scale=settings.lora_scale, seed=None, noise=noise[:, s:e],
+                         decode_chunk_size=settings.decode_chunk, decode_overlap=settings.decode_overlap,
+                         window=settings.frames, overlap=settings.overlap, blend=settings.blend,
+                         should_cancel=should_cancel, callback=lambda i, *_: progress.step("denoise", k))
+        computed.append(k)
+        return {"relit": video}
+
+    base = {"fps": clip.fps, "kind": "relit",
+            "provenance": make_provenance("forward-model", model=settings.model, revision=settings.revision,
+                                          settings={**{k: (list(v) if isinstance(v, tuple) else v)
+                                                       for k, v in asdict(settings).items()},
+                                                    "key": key, "seed": seed, "hdri": str(hdri.resolve())},
+                                          source=f"{clip.source}#{clip.name}")}
+    if clip.cameras:
+        base["camera"] = [{"matrix_world": m} for m in clip.cameras]
+    try:
+        writer = GBufferSetWriter(out, base, overwrite=settings.overwrite)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+    for idx, frame in run_segments(segments, compute, cache):
+        writer.write_frame("relit", clip.frame_numbers[idx], srgb_to_linear(frame["relit"]))
+    progress.close()
+    gset = writer.finish()
+    if settings.previews:
+        write_previews(gset)
+        write_pass_video(gset, "relit")
+    cache.clear()
+    result.resumed_segments = len(segments) - len(computed)
+    result.warnings = list(clip.warnings) + list(writer.warnings)
+    result.seconds = {"total": round(time.monotonic() - t0, 2)}
+    return result
+
+
+def run_forward(gbuffers, hdris, out, settings: ForwardSettings, *, renderer=None, listener=None,
+                should_cancel=None, show_progress: bool = True) -> dict:
+    """Relight every G-buffer clip at ``gbuffers`` under every HDRI; ``out/<hdri>`` (or
+    ``out/<clip>/<hdri>`` for several clips). Returns a JSON-able summary."""
+    t0 = time.monotonic()
+    hdris = [Path(h) for h in hdris]
+    if not hdris:
+        raise JobError("give at least one --hdri FILE (.hdr or .exr)")
+    for h in hdris:
+        if not h.is_file():
+            raise JobError(f"--hdri {h}: file not found")
+        if h.suffix.lower() not in (".hdr", ".exr"):
+            raise JobError(f"--hdri {h}: not an HDR environment map (use a Radiance .hdr or an OpenEXR .exr)")
+    if len({h.stem for h in hdris}) != len(hdris):
+        raise JobError("--hdri files must have distinct names (each gets its own output folder)")
+    try:
+        clips = load_gbuffer_clips(gbuffers)
+    except GBufferInputError as exc:
+        raise JobError(str(exc)) from None
+    out = Path(out)
+    check_writable(out)
+    t_load = 0.0
+    if renderer is None:
+        from engine.pipelines import ForwardRenderer
+
+        t1 = time.monotonic()
+        renderer = ForwardRenderer.from_pretrained(settings.model, revision=settings.revision, device=settings.device,
+                                                   dtype=settings.dtype, allow_download=True)
+        t_load = time.monotonic() - t1
+    results = []
+    for clip in clips:
+        for hdri in hdris:
+            target = (out / clip.name if len(clips) > 1 else out) / hdri.stem
+            results.append(run_forward_clip(clip, hdri, target, settings, renderer, listener=listener,
+                                            should_cancel=should_cancel, show_progress=show_progress))
+    return {"job": "forward", "input": str(gbuffers), "out": str(out), "load_seconds": round(t_load, 2),
+            "total_seconds": round(time.monotonic() - t0, 2), "clips": [asdict(r) for r in results]}

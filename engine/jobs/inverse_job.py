@@ -1,0 +1,203 @@
+"""The inverse job: footage (video, frame folder, or a folder of clips) → G-buffer set(s)."""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from engine.jobs.common import (JobError, Progress, ResumeCache, check_writable, cover_resolution, file_identity,
+                                resize_frames, settings_key)
+from engine.jobs.segments import noise_for, plan_segments, run_segments
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InverseSettings:
+    passes: tuple = ("basecolor", "metallic", "roughness", "normal", "depth")
+    model: str = "inverse"
+    revision: Optional[str] = None
+    frames: int = 24            # frames per model window
+    overlap: int = 6            # frames shared by neighbouring windows
+    steps: int = 20
+    resolution: Optional[tuple] = None   # (W, H); None = cover 512 keeping the aspect (×64)
+    seed: Optional[int] = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    decode_chunk: int = 8
+    decode_overlap: int = 2
+    blend: str = "latent"
+    windows_per_segment: int = 4
+    frame_range: Optional[tuple] = None
+    fps: Optional[float] = None
+    overwrite: bool = False
+    previews: bool = True
+
+
+@dataclass
+class ClipResult:
+    clip: str
+    out: str
+    frames: int
+    resolution: tuple
+    passes: list
+    status: str = "done"          # done | up-to-date
+    resumed_segments: int = 0
+    segments: int = 0
+    seconds: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+
+def denoise_calls(segments, settings) -> int:
+    """Denoising steps a job makes (progress total): per segment, steps × windows unless fused."""
+    from engine.pipelines.windows import plan_windows
+
+    total = 0
+    for s, e in segments:
+        windows = len(plan_windows(e - s, settings.frames, settings.overlap))
+        total += settings.steps * (windows if settings.blend != "latent" else 1)
+    return total
+
+
+def _model_identity(renderer) -> dict:
+    root = Path(renderer.c.root)
+    commit = root.name if len(root.name) == 40 else None  # HF snapshot folders are named by commit
+    return {"root": str(root), "commit": commit, "dtype": str(renderer.dtype)}
+
+
+def _up_to_date(out: Path, key: str) -> bool:
+    from engine.gbuffer import open_gbuffer_set
+
+    if not (out / "manifest.json").is_file():
+        return False
+    try:
+        gset = open_gbuffer_set(out)
+    except Exception:  # noqa: BLE001 - anything unreadable is simply redone
+        return False
+    if (gset.manifest.data.get("provenance") or {}).get("settings", {}).get("key") != key:
+        return False
+    return all(gset.path(p, f).is_file() for p in gset.passes for f in gset.frame_numbers)
+
+
+def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *, listener=None,
+             should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True) -> ClipResult:
+    from engine.gbuffer import GBufferSetWriter, from_model_outputs, linear_to_srgb, srgb_to_linear
+    from engine.gbuffer.encodings import depth_manifest
+    from engine.gbuffer.manifest import make_provenance
+    from engine.io import open_clip
+
+    t0 = time.monotonic()
+    try:
+        clip = open_clip(clip_path, frame_range=settings.frame_range, fps=settings.fps)
+    except (FileNotFoundError, ValueError, IndexError) as exc:
+        raise JobError(str(exc)) from None
+    with clip:
+        n = len(clip)
+        if n == 0:
+            raise JobError(f"{clip_path}: the clip has zero frames")
+        size = settings.resolution or cover_resolution(*clip.size)
+        mult = renderer.size_multiple
+        if size[0] % mult or size[1] % mult:
+            raise JobError(f"--resolution {size[0]}x{size[1]}: sides must be multiples of {mult}")
+        seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
+        ident = {"input": str(Path(clip_path).resolve()), "files": file_identity(clip_path), "job": "inverse",
+                 "model": _model_identity(renderer), **{k: v for k, v in asdict(settings).items()
+                                                         if k not in ("overwrite", "device", "previews")},
+                 "seed": seed, "resolution": list(size)}
+        key = settings_key(ident)
+        result = ClipResult(str(clip_path), str(out), n, tuple(size), list(settings.passes))
+        if _up_to_date(out, key):
+            result.status = "up-to-date"
+            return result
+        check_writable(out)
+        cache = ResumeCache(out, key)
+        segments = plan_segments(n, settings.frames, settings.overlap, settings.windows_per_segment)
+        result.segments = len(segments)
+        w, h = size
+        f_lat = renderer.vae_factor
+        noise = noise_for((1, n, 4, h // f_lat, w // f_lat), seed)
+        progress = Progress(denoise_calls(segments, settings), f"inverse {Path(clip_path).name}", listener,
+                            show_progress)
+        computed = []
+
+        def compute(k, s, e):
+            frames = resize_frames(clip.read_range(s, e), size)
+            display = linear_to_srgb(frames) if clip.is_linear else np.clip(frames, 0.0, 1.0)
+            out_ = renderer(display, settings.passes, num_inference_steps=settings.steps, seed=None,
+                            noise=noise[:, s:e], decode_chunk_size=settings.decode_chunk,
+                            decode_overlap=settings.decode_overlap, window=settings.frames,
+                            overlap=settings.overlap, blend=settings.blend, should_cancel=should_cancel,
+                            callback=lambda i, *_: progress.step("denoise", k) if i >= 0 else None)
+            computed.append(k)
+            res = {f"pass:{p}": v for p, v in out_.items()}
+            res["input"] = frames if clip.is_linear else srgb_to_linear(display)
+            return res
+
+        manifest_base = {
+            "fps": float(clip.fps or 24.0), "kind": "gbuffer", "depth": depth_manifest(None),
+            "provenance": make_provenance("inverse-model", model=settings.model, revision=settings.revision,
+                                          settings={**{k: (list(v) if isinstance(v, tuple) else v) for k, v in
+                                                       asdict(settings).items()}, "key": key, "seed": seed},
+                                          source=str(Path(clip_path).resolve())),
+        }
+        t_compute = time.monotonic()
+        try:
+            writer = GBufferSetWriter(out, manifest_base, overwrite=settings.overwrite)
+        except ValueError as exc:
+            raise JobError(str(exc)) from None
+        for idx, frame in run_segments(segments, compute, cache):
+            number = clip.frame_numbers[idx]
+            outputs = {k[5:]: v[None] for k, v in frame.items() if k.startswith("pass:")}
+            for name, arr in from_model_outputs(outputs).items():
+                writer.write_frame(name, number, arr[0])
+            writer.write_frame("rgb", number, frame["input"])
+        progress.close()
+        gset = writer.finish()
+        t_write = time.monotonic()
+        if settings.previews:
+            from engine.gbuffer import write_contact_sheet, write_previews
+
+            write_previews(gset)
+            write_contact_sheet(gset)
+        cache.clear()
+        result.resumed_segments = len(segments) - len(computed)
+        result.warnings = list(writer.warnings) + ([f"{clip.nonfinite_count} NaN/Inf input values replaced"]
+                                                   if clip.nonfinite_count else [])
+        result.seconds = {"total": round(time.monotonic() - t0, 2), "compute_and_write": round(t_write - t_compute, 2),
+                          "previews": round(time.monotonic() - t_write, 2)}
+        return result
+
+
+def run_inverse(input_path, out, settings: InverseSettings, *, renderer=None, listener=None, should_cancel=None,
+                show_progress: bool = True) -> dict:
+    """Run the inverse job on a clip or a batch folder; returns a JSON-able summary."""
+    from engine.io import find_clips
+
+    t0 = time.monotonic()
+    input_path, out = Path(input_path), Path(out)
+    try:
+        clips = find_clips(input_path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise JobError(str(exc)) from None
+    check_writable(out)
+    t_load = 0.0
+    if renderer is None:
+        from engine.pipelines import InverseRenderer
+
+        t1 = time.monotonic()
+        renderer = InverseRenderer.from_pretrained(settings.model, revision=settings.revision, device=settings.device,
+                                                   dtype=settings.dtype, allow_download=True)
+        t_load = time.monotonic() - t1
+    batch = len(clips) > 1 or (input_path.is_dir() and clips[0] != input_path)
+    results = []
+    for clip in clips:
+        target = out / (clip.stem if clip.is_file() else clip.name) if batch else out
+        results.append(run_clip(clip, target, settings, renderer, listener=listener, should_cancel=should_cancel,
+                                show_progress=show_progress))
+    return {"job": "inverse", "input": str(input_path), "out": str(out), "load_seconds": round(t_load, 2),
+            "total_seconds": round(time.monotonic() - t0, 2), "clips": [asdict(r) for r in results]}
