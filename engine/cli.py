@@ -37,6 +37,8 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0; -1 for a random seed)")
     p.add_argument("--decode-chunk", type=int, default=8, help="frames per VAE decode call (default 8)")
     p.add_argument("--decode-overlap", type=int, default=2, help="frames cross-faded between decode calls (2)")
+    p.add_argument("--windows-per-segment", type=int, default=4,
+                   help="windows fused together per resumable segment (default 4)")
     p.add_argument("--overwrite", action="store_true", help="replace a different set already in --out")
     p.add_argument("--no-previews", action="store_true", help="skip PNG previews and the mp4")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
@@ -111,8 +113,8 @@ def _frame_range(text):
 
 
 def _check_sampling(args) -> None:
-    if args.frames < 1 or args.steps < 1 or args.decode_chunk < 1:
-        raise UserError("--frames, --steps and --decode-chunk must be at least 1")
+    if min(args.frames, args.steps, args.decode_chunk, args.windows_per_segment) < 1:
+        raise UserError("--frames, --steps, --decode-chunk and --windows-per-segment must be at least 1")
     if not 0 <= args.overlap < args.frames:
         raise UserError(f"--overlap must be between 0 and --frames − 1 ({args.frames - 1}), got {args.overlap}")
 
@@ -147,6 +149,7 @@ def cmd_inverse(args) -> int:
             steps=args.steps, resolution=parse_resolution(args.resolution), seed=None if args.seed == -1 else args.seed,
             device=args.device, dtype=args.dtype, decode_chunk=args.decode_chunk, decode_overlap=args.decode_overlap,
             blend=args.blend, frame_range=_frame_range(args.frame_range), fps=args.fps, overwrite=args.overwrite,
+            windows_per_segment=args.windows_per_segment,
             previews=not args.no_previews)
         if not args.input.exists():
             raise UserError(f"{args.input}: input not found")
@@ -172,7 +175,8 @@ def cmd_forward(args) -> int:
             env_resolution=(env_res[1], env_res[0]), frames=args.frames, overlap=args.overlap, steps=args.steps,
             resolution=parse_resolution(args.resolution), seed=None if args.seed == -1 else args.seed,
             device=args.device, dtype=args.dtype, decode_chunk=args.decode_chunk, decode_overlap=args.decode_overlap,
-            blend=args.blend, overwrite=args.overwrite, previews=not args.no_previews)
+            blend=args.blend, overwrite=args.overwrite, previews=not args.no_previews,
+            windows_per_segment=args.windows_per_segment)
         if args.guidance < 1.0:
             raise UserError("--guidance must be at least 1.0")
         summary = run_forward(args.gbuffers, args.hdri, args.out, settings,

@@ -14,31 +14,28 @@ def inv_ckpt(tmp_path_factory):
     return write_random_checkpoint(tmp_path_factory.mktemp("m") / "inv", "inverse")
 
 
-def test_inverse_command_writes_every_frame_of_every_pass(inv_ckpt, tmp_path, capsys):
+def test_inverse_command_on_a_frame_folder(inv_ckpt, tmp_path, capsys):
     clip = tmp_path / "clip"
     make_demo_clip(clip, frames=5, width=64, height=32)
     out = tmp_path / "out"
-    (out / "normal").mkdir(parents=True)
-    keep = out / "normal" / "notes.txt"
+    out.mkdir()
+    keep = out / "notes.txt"
     keep.write_text("mine")
     code = main(["inverse", str(clip), "--out", str(out), "--model", str(inv_ckpt), "--passes", "normal,depth",
-                 "--frames", "3", "--steps", "2", "--device", "cpu"])
+                 "--frames", "3", "--overlap", "1", "--steps", "2", "--device", "cpu", "--resolution", "64x64"])
     assert code == 0
-    for p in ("normal", "depth"):
-        files = sorted((out / p).glob("*.png"))
-        assert [f.name for f in files] == [f"frame_{i:04d}.{p}.png" for i in range(5)]
+    for p in ("normal", "depth", "rgb"):
+        files = sorted((out / p).glob("*.exr"))
+        assert [f.name for f in files] == [f"{p}.{i:04d}.exr" for i in range(5)], "frame numbers from the names"
     assert keep.read_text() == "mine", "existing files in the output folder are left alone"
-    from engine.frames_io import read_image
-
-    img = read_image(out / "depth" / "frame_0004.depth.png")
-    assert img.shape == (32, 64, 3) and 0.0 <= img.min() <= img.max() <= 1.0
-    assert "5 frames × 2 passes" in capsys.readouterr().out
-    assert not list(out.rglob("*.tmp")), "no temporary files left behind"
+    assert "5 frames × 2 passes at 64x64" in capsys.readouterr().out
+    assert not list(out.rglob("*.tmp*")), "no temporary files left behind"
 
 
 @pytest.mark.parametrize("argv_tail,message", [
     (["--passes", "albedo"], "--passes: unknown pass albedo"),
-    (["--frames", "0"], "--frames and --steps must be at least 1"),
+    (["--frames", "0"], "must be at least 1"),
+    (["--overlap", "24"], "--overlap must be between 0 and --frames"),
 ])
 def test_inverse_bad_options(inv_ckpt, tmp_path, capsys, argv_tail, message):
     make_demo_clip(tmp_path / "c", frames=1, width=64, height=32)
@@ -53,13 +50,11 @@ def test_inverse_missing_and_empty_input(tmp_path, capsys):
     assert "input not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["inverse", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
-    assert "no frames found" in capsys.readouterr().err
+    assert "no clips found" in capsys.readouterr().err
 
 
-def test_inverse_size_not_multiple_and_bad_model_folder(inv_ckpt, tmp_path, capsys):
-    make_demo_clip(tmp_path / "c", frames=1, width=70, height=32)
-    assert main(["inverse", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--model", str(inv_ckpt)]) == 2
-    assert "not a multiple of 32" in capsys.readouterr().err
+def test_inverse_bad_model_folder(tmp_path, capsys):
+    make_demo_clip(tmp_path / "c", frames=1, width=64, height=32)
     (tmp_path / "m").mkdir()
     assert main(["inverse", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--model", str(tmp_path / "m")]) == 2
     assert "unet/config.json" in capsys.readouterr().err

@@ -135,7 +135,16 @@ def _from_reference_pngs(folder: Path, files: list) -> list[GBufferClip]:
             raise GBufferInputError(f"{where}: passes have different frame counts: " +
                                     ", ".join(f"{p} {n}" for p, n in counts.items()))
         numbers = sorted(by_pass["basecolor"])
-        inputs = {p: np.stack([read_frame(by_pass[p][n]) for n in numbers]).astype(np.float32) for p in REQUIRED}
+        inputs = {}
+        for p in REQUIRED:
+            frames = [read_frame(by_pass[p][n]) for n in numbers]
+            sizes = {f.shape[:2] for f in frames}
+            if len(sizes) > 1 or (inputs and frames[0].shape[:2] != inputs["basecolor"].shape[1:3]):
+                odd = next(by_pass[p][n] for n, f in zip(numbers, frames)
+                           if f.shape[:2] != (inputs["basecolor"].shape[1:3] if inputs else frames[0].shape[:2]))
+                raise GBufferInputError(f"{odd}: size differs from the other G-buffer frames of {where} "
+                                        "(every pass and frame must have the same size)")
+            inputs[p] = np.stack(frames).astype(np.float32)
         clip = GBufferClip(f"{folder.name}-{key}" if len(groups) > 1 else folder.name, str(folder),
                            "reference-png", [n + 1 for n in numbers], 24.0, inputs)
         _check_complete(clip.inputs, where)

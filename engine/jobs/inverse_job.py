@@ -150,8 +150,10 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
             writer = GBufferSetWriter(out, manifest_base, overwrite=settings.overwrite)
         except ValueError as exc:
             raise JobError(str(exc)) from None
+        # videos number their frames from 0; sets start at 1 like Blender (video frame 0 → 0001)
+        offset = 1 if type(clip).__name__ == "VideoClip" else 0
         for idx, frame in run_segments(segments, compute, cache):
-            number = clip.frame_numbers[idx]
+            number = clip.frame_numbers[idx] + offset
             outputs = {k[5:]: v[None] for k, v in frame.items() if k.startswith("pass:")}
             for name, arr in from_model_outputs(outputs).items():
                 writer.write_frame(name, number, arr[0])
