@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p)
     _add_model_args(p, "forward")
 
+    p = sub.add_parser("seams", help="seam metric of a written set at the chunk boundaries of given window settings")
+    p.add_argument("set", type=Path, help="a G-buffer or relit set folder")
+    p.add_argument("--frames", type=int, default=24, help="window length the job used (default 24)")
+    p.add_argument("--overlap", type=int, default=6, help="window overlap the job used (default 6)")
+
     p = sub.add_parser("conformance", help="re-run every case of a golden folder and compare with the recording")
     p.add_argument("golden", type=Path, help="golden folder (format of ../shared/golden)")
     p.add_argument("--only", default=None, help="run only suites whose folder name contains this text")
@@ -187,6 +192,15 @@ def cmd_forward(args) -> int:
     return 0
 
 
+def cmd_seams(args) -> int:
+    from engine.jobs.seam_report import seam_report
+
+    if not 0 <= args.overlap < args.frames:
+        raise UserError(f"--overlap must be between 0 and --frames − 1 ({args.frames - 1})")
+    print(json.dumps(seam_report(args.set, args.frames, args.overlap), indent=2))
+    return 0
+
+
 def cmd_conformance(args) -> int:
     from engine import conformance
 
@@ -214,7 +228,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"inverse": cmd_inverse, "forward": cmd_forward, "conformance": cmd_conformance, "info": cmd_info}
+    handlers = {"inverse": cmd_inverse, "forward": cmd_forward, "seams": cmd_seams, "conformance": cmd_conformance, "info": cmd_info}
     try:
         if args.command == "download":
             from engine.hub import run_download

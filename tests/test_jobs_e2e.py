@@ -174,3 +174,11 @@ def test_reference_png_layout(tmp_path):
         f.unlink()
     with pytest.raises(GBufferInputError, match="missing required G-buffer pass.*metallic"):
         load_gbuffer_clips(clip)
+
+
+def test_seams_command_reports_every_pass(gbuffer_set, capsys):
+    assert main(["seams", str(gbuffer_set), "--frames", "12", "--overlap", "4"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["frames"] == 30 and rep["boundaries"] == [10, 18, 23]
+    assert set(rep["passes"]) == {"basecolor", "metallic", "roughness", "normal", "depth", "diffuse_albedo"}
+    assert all(v > 0 for v in rep["passes"].values())
