@@ -32,9 +32,12 @@ def pick_dtype(dtype, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
-        return DTYPES[str(dtype).lower()]
+        dt = DTYPES[str(dtype).lower()]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, fp16, bf16") from None
+    if dt == torch.float16 and device.type == "cpu":
+        raise ValueError("--dtype fp16 needs a CUDA device; on the CPU use fp32 (default) or bf16")
+    return dt
 
 
 @dataclass

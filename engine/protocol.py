@@ -1,0 +1,421 @@
+"""The engine <-> add-on protocol: JSON lines over the engine's stdin/stdout (docs/PROTOCOL.md).
+
+STDLIB ONLY (json): the Blender add-on imports this very file from the bundled engine folder, so both
+sides share one message table and one validator. Every message is one JSON object on one line with
+``"type"`` and the protocol version ``"v": "MAJOR.MINOR"``; the major version must match, the minor
+one is informative (additions only: new optional fields, new message types).
+
+>>> line = encode(submit("job-1", "inverse", "/tmp/job-1", {"input": "/shots/plate.mp4", "steps": 20}))
+>>> msg = decode(line)                 # ProtocolError on non-JSON, non-object, >1 MiB, other major
+>>> check(msg, "to_engine")            # ProtocolError(code="invalid_params", ...) on a bad field
+>>> validate(msg, "to_engine")         # or the list of problems ([] = valid)
+[]
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Optional
+
+PROTOCOL_VERSION = (1, 0)
+VERSION = f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
+MAX_LINE_BYTES = 1 << 20          # one message, UTF-8, without the newline
+TO_ENGINE, TO_CLIENT = "to_engine", "to_client"
+
+ERROR_CODES = {
+    "bad_message": "the line is not a JSON object of this protocol (not JSON, not an object, over 1 MiB, "
+                   "no/invalid 'type' or 'v', wrong envelope field)",
+    "unknown_type": "the 'type' is not a message this engine knows",
+    "version_mismatch": "the message's protocol major version differs from the engine's",
+    "invalid_params": "a known message with a missing, mistyped or out-of-range field",
+    "input_error": "the job cannot run as asked (input not found/unreadable, bad setting, output conflict)",
+    "weights_unavailable": "the model weights are neither cached nor downloadable",
+    "out_of_memory": "the device ran out of memory",
+    "cancelled": "the job was cancelled (cancel message, SIGINT, shutdown, stdin closed or parent died)",
+    "internal": "an unexpected engine failure; the engine log has the traceback",
+}
+
+PASSES = ("basecolor", "metallic", "roughness", "normal", "depth", "diffuse_albedo")   # = pipelines.PASS_INDEX
+DEFAULT_PASSES = ["basecolor", "metallic", "roughness", "normal", "depth"]
+JOB_KINDS = ("inverse", "forward")
+PROGRESS_STAGES = ("load_model", "denoise")
+
+
+class ProtocolError(ValueError):
+    """A line or message that breaks the protocol. ``code`` is one of ERROR_CODES; ``problems`` lists
+    every finding; ``reply_to``/``job`` are taken from the message when it had them."""
+
+    def __init__(self, code: str, message: str, problems: Optional[list] = None, *, reply_to=None, job=None):
+        super().__init__(message)
+        self.code, self.problems = code, list(problems or [message])
+        self.reply_to, self.job = reply_to, job
+
+
+class Field:
+    """One field: ``types`` in a small notation ('str', 'int', 'num', 'bool', 'obj', 'list', 'null',
+    'list[str]', unions with '|'), plus optional choices / minimum / maximum / list length."""
+    __slots__ = ("types", "required", "choices", "minimum", "maximum", "length", "doc")
+
+    def __init__(self, types: str, required: bool = False, *, choices=None, minimum=None, maximum=None,
+                 length=None, doc: str = ""):
+        self.types, self.required, self.choices = types, required, choices
+        self.minimum, self.maximum, self.length, self.doc = minimum, maximum, length, doc
+
+
+def _is(value, t: str) -> bool:
+    if t.startswith("list[") and t.endswith("]"):
+        return isinstance(value, list) and all(_is(v, t[5:-1]) for v in value)
+    if t == "str":
+        return isinstance(value, str)
+    if t == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if t == "num":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if t == "bool":
+        return isinstance(value, bool)
+    if t == "obj":
+        return isinstance(value, dict)
+    if t == "list":
+        return isinstance(value, list)
+    if t == "null":
+        return value is None
+    raise KeyError(t)
+
+
+def _check_field(name: str, value, f: Field) -> list:
+    if not any(_is(value, t) for t in f.types.split("|")):
+        return [f"field '{name}': expected {f.types}, got {_show(value)}"]
+    if value is None:
+        return []
+    items = value if isinstance(value, list) else [value]
+    out = []
+    if f.length is not None and isinstance(value, list) and not f.length[0] <= len(value) <= f.length[1]:
+        lo, hi = f.length
+        out.append(f"field '{name}': expected {lo if lo == hi else f'{lo} to {hi}'} item(s), got {len(value)}")
+    for v in items:
+        if f.choices is not None and v not in f.choices:
+            out.append(f"field '{name}': {_show(v)} is not one of {', '.join(map(str, f.choices))}")
+        if f.minimum is not None and isinstance(v, (int, float)) and v < f.minimum:
+            out.append(f"field '{name}': must be at least {f.minimum}, got {v}")
+        if f.maximum is not None and isinstance(v, (int, float)) and v > f.maximum:
+            out.append(f"field '{name}': must be at most {f.maximum}, got {v}")
+    return out
+
+
+def _show(value) -> str:
+    text = json.dumps(value, default=repr) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# ----------------------------------------------------------------------------- the message table
+_ID = Field("str|int", doc="request id chosen by the client; replies carry it as 'reply_to'")
+_REPLY = Field("str|int|null", doc="the 'id' of the request this answers")
+_JOB = Field("str", True, doc="job id chosen by the client (1-128 characters), unique among queued/running jobs")
+
+MESSAGES: dict = {
+    TO_ENGINE: {
+        "hello": {"id": _ID, "client": Field("str", doc="client name and version, for the log")},
+        "submit": {"id": _ID, "job": _JOB, "kind": Field("str", True, choices=JOB_KINDS),
+                   "job_dir": Field("str", True, doc="absolute folder the engine may write into for this job"),
+                   "params": Field("obj", True, doc="the job's settings (tables INVERSE_PARAMS / FORWARD_PARAMS)")},
+        "cancel": {"id": _ID, "job": _JOB},
+        "status": {"id": _ID},
+        "unload": {"id": _ID},
+        "shutdown": {"id": _ID},
+    },
+    TO_CLIENT: {
+        "hello": {"reply_to": _REPLY, "protocol": Field("str", True), "engine": Field("str", True),
+                  "pid": Field("int", True), "python": Field("str", True), "platform": Field("str"),
+                  "torch": Field("str|null", True), "cuda": Field("str|null", True),
+                  "cuda_available": Field("bool", True), "device": Field("str", True),
+                  "devices": Field("list[obj]", True), "models": Field("list[obj]", True),
+                  "max_models": Field("int", True), "log_file": Field("str|null", True),
+                  "loaded_models": Field("list[obj]")},
+        "ack": {"reply_to": _REPLY, "request": Field("str", True, doc="type of the request acknowledged"),
+                "job": Field("str"), "state": Field("str", choices=("queued", "cancelling", "removed", "unknown",
+                                                                    "idle", "stopping", "done")),
+                "queue_position": Field("int", minimum=0), "unloaded": Field("list[obj]"),
+                "cuda_memory_allocated": Field("int|null")},
+        "progress": {"job": _JOB, "stage": Field("str", True, choices=PROGRESS_STAGES),
+                     "step": Field("int", True, minimum=0), "total": Field("int", True, minimum=0),
+                     "chunk": Field("int|null"), "eta_s": Field("num|null"), "elapsed_s": Field("num")},
+        "result": {"reply_to": _REPLY, "job": _JOB, "kind": Field("str", True, choices=JOB_KINDS),
+                   "manifests": Field("list[str]", True), "out": Field("str", True),
+                   "summary": Field("obj", True), "seconds": Field("obj")},
+        "error": {"reply_to": _REPLY, "code": Field("str", True, choices=tuple(ERROR_CODES)),
+                  "message": Field("str", True), "hint": Field("str|null"), "job": Field("str|null"),
+                  "problems": Field("list[str]"), "step": Field("int|null"), "log_file": Field("str|null")},
+        "status": {"reply_to": _REPLY, "running": Field("obj|null", True), "queued": Field("list[str]", True),
+                   "loaded_models": Field("list[obj]", True)},
+    },
+}
+
+_SAMPLING = {
+    "out": Field("str|null", doc="output folder (default <job_dir>/out); relative paths are inside job_dir"),
+    "frames": Field("int", minimum=1, doc="frames per model window (24)"),
+    "overlap": Field("int", minimum=0, doc="frames shared by neighbouring windows (6), < frames"),
+    "blend": Field("str", choices=("latent", "crossfade", "none")),
+    "steps": Field("int", minimum=1, maximum=1000, doc="denoising steps (20)"),
+    "resolution": Field("str|null", doc="'WxH', multiples of 64; null/'auto' = cover 512"),
+    "seed": Field("int|null", minimum=-1, doc="0; -1 or null = random"),
+    "decode_chunk": Field("int", minimum=1), "decode_overlap": Field("int", minimum=0),
+    "windows_per_segment": Field("int", minimum=1),
+    "overwrite": Field("bool"), "previews": Field("bool", doc="PNG previews and mp4 (true)"),
+    "model": Field("str", doc="published name or checkpoint folder"), "revision": Field("str|null"),
+    "device": Field("str", doc="auto, cpu, cuda, cuda:1 ..."), "dtype": Field("str", choices=("auto", "fp32", "fp16", "bf16")),
+    "allow_download": Field("bool", doc="download missing published weights (true)"),
+}
+INVERSE_PARAMS = {
+    "input": Field("str", True, doc="video file, frame folder or folder of clips"),
+    "passes": Field("list[str]", choices=PASSES, length=(1, len(PASSES))),
+    "frame_range": Field("list[int]|null", length=(2, 2)), "fps": Field("num|null", minimum=0.001),
+    **_SAMPLING,
+}
+FORWARD_PARAMS = {
+    "gbuffers": Field("str", True, doc="G-buffer set folder (or Blender EXRs / reference PNG layout)"),
+    "hdri": Field("list[str]", True, length=(1, 64), doc="environment maps (.hdr/.exr), one relit set each"),
+    "lora_scale": Field("num", minimum=0.0, maximum=2.0), "guidance": Field("num", minimum=1.0, maximum=20.0),
+    "rotate_light": Field("bool"), "fixed_frame": Field("int|null", minimum=0), "elevation": Field("num"),
+    "elevation_convention": Field("str", choices=("reference", "correct")), "env_rotation": Field("num"),
+    "env_strength": Field("num", minimum=0.0), "env_flip": Field("bool"), "env_resolution": Field("str"),
+    "camera_follow": Field("bool"),
+    **_SAMPLING,
+}
+PARAMS = {"inverse": INVERSE_PARAMS, "forward": FORWARD_PARAMS}
+
+
+# ----------------------------------------------------------------------------- validation
+def parse_version(v) -> Optional[tuple]:
+    """'1.0' → (1, 0); an int major 1 → (1, 0); anything else → None."""
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return (v, 0)
+    if isinstance(v, str):
+        parts = v.split(".")
+        if len(parts) == 2 and all(p.isdigit() and len(p) <= 6 for p in parts):
+            return int(parts[0]), int(parts[1])
+    return None
+
+
+def _version_problem(msg: dict) -> Optional[tuple]:
+    """None when msg['v'] is present with our major version, else (code, problem)."""
+    if "v" not in msg:
+        return "bad_message", f"field 'v': required, the protocol version (this side speaks {VERSION})"
+    version = parse_version(msg["v"])
+    if version is None:
+        return "bad_message", f"field 'v': expected 'MAJOR.MINOR' like {VERSION!r}, got {_show(msg['v'])}"
+    if version[0] != PROTOCOL_VERSION[0]:
+        return "version_mismatch", (f"protocol version {msg['v']} is not compatible with {VERSION} (the major "
+                                    "version must match: update the engine or the add-on)")
+    return None
+
+
+def _params_problems(kind: str, params: dict) -> list:
+    table = PARAMS[kind]
+    out = [f"field 'params.{k}': unknown parameter for a {kind} job" for k in params if k not in table]
+    for name, f in table.items():
+        if name not in params:
+            if f.required:
+                out.append(f"field 'params.{name}': required for a {kind} job")
+            continue
+        out += _check_field(f"params.{name}", params[name], f)
+    frames, overlap = params.get("frames", 24), params.get("overlap", 6)
+    if _is(frames, "int") and _is(overlap, "int") and frames >= 1 and not 0 <= overlap < frames:
+        out.append(f"field 'params.overlap': must be between 0 and frames - 1 ({frames - 1}), got {overlap}")
+    fr = params.get("frame_range")
+    if _is(fr, "list[int]") and len(fr) == 2 and fr[1] < fr[0]:
+        out.append(f"field 'params.frame_range': last frame {fr[1]} is before first {fr[0]}")
+    return out
+
+
+def _classify(msg, direction: str) -> tuple:
+    """(code, problems); problems == [] means valid."""
+    if direction not in MESSAGES:
+        raise ValueError(f"direction must be {TO_ENGINE!r} or {TO_CLIENT!r}, got {direction!r}")
+    if not isinstance(msg, dict):
+        return "bad_message", [f"a message is a JSON object, got {type(msg).__name__}"]
+    envelope = []
+    mtype = msg.get("type")
+    if not isinstance(mtype, str) or not mtype:
+        envelope.append(f"field 'type': required, a message type string, got {_show(mtype)}")
+    bad_version = _version_problem(msg)
+    if bad_version and bad_version[0] == "version_mismatch":
+        return bad_version[0], [bad_version[1]]
+    if bad_version:
+        envelope.append(bad_version[1])
+    if envelope:
+        return "bad_message", envelope
+    table = MESSAGES[direction].get(mtype)
+    if table is None:
+        return "unknown_type", [f"unknown message type {mtype!r}; {direction.replace('_', ' ')} types are: "
+                                f"{', '.join(MESSAGES[direction])}"]
+    problems = []
+    for name, f in table.items():
+        if name not in msg:
+            if f.required:
+                problems.append(f"field '{name}': required in a {mtype} message")
+            continue
+        problems += _check_field(name, msg[name], f)
+    if "job" in table and isinstance(msg.get("job"), str) and not 1 <= len(msg["job"]) <= 128:
+        problems.append("field 'job': must be 1 to 128 characters")
+    if mtype == "submit" and direction == TO_ENGINE and not problems:
+        problems += _params_problems(msg["kind"], msg["params"])
+    return "invalid_params", problems
+
+
+def validate(msg, direction: str = TO_ENGINE, *, strict: bool = False) -> list:
+    """The list of problems with ``msg`` (empty when valid); ``strict=True`` raises ProtocolError
+    instead. Unknown extra top-level fields are allowed (minor-version additions); unknown job
+    parameters are not (they are almost always typos)."""
+    code, problems = _classify(msg, direction)
+    if problems and strict:
+        raise _error(code, problems, msg)
+    return problems
+
+
+def check(msg, direction: str = TO_ENGINE) -> dict:
+    """``validate(strict=True)``; returns the message."""
+    validate(msg, direction, strict=True)
+    return msg
+
+
+def _error(code: str, problems: list, msg=None) -> ProtocolError:
+    reply_to = job = None
+    if isinstance(msg, dict):
+        rid = msg.get("id")
+        reply_to = rid if (_is(rid, "str") and len(rid) <= 128) or _is(rid, "int") else None
+        job = msg.get("job") if isinstance(msg.get("job"), str) and len(msg["job"]) <= 128 else None
+    text = problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} more problem(s))"
+    return ProtocolError(code, text, problems, reply_to=reply_to, job=job)
+
+
+# ----------------------------------------------------------------------------- lines
+def _reject_constant(name):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode(line) -> dict:
+    """One line (str or bytes, trailing newline allowed) → message dict. Checks the envelope only
+    (JSON object, size, 'v' present with the same major); use validate()/check() for the fields."""
+    size = len(line) if isinstance(line, (bytes, bytearray)) else len(line.encode("utf-8", "surrogatepass"))
+    if size > MAX_LINE_BYTES + 2:
+        raise ProtocolError("bad_message", f"line of {size} bytes exceeds the {MAX_LINE_BYTES} byte limit")
+    if isinstance(line, (bytes, bytearray)):
+        try:
+            line = bytes(line).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("bad_message", f"line is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    line = line.strip()
+    if not line:
+        raise ProtocolError("bad_message", "empty line")
+    try:
+        msg = json.loads(line, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ProtocolError("bad_message", "line is not valid JSON (nested too deeply)") from None
+    except ValueError as exc:
+        raise ProtocolError("bad_message", f"line is not valid JSON ({exc})") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_message", f"a message is a JSON object, got a JSON {type(msg).__name__}")
+    bad_version = _version_problem(msg)
+    if bad_version:
+        raise _error(bad_version[0], [bad_version[1]], msg)
+    return msg
+
+
+def encode(msg: dict) -> str:
+    """Message → one JSON line (no newline at the end, none inside; ASCII). Adds 'v' when absent."""
+    if not isinstance(msg, dict):
+        raise ProtocolError("bad_message", f"a message is a dict, got {type(msg).__name__}")
+    if "v" not in msg:
+        msg = {"type": msg.get("type"), "v": VERSION, **{k: v for k, v in msg.items() if k != "type"}}
+    try:
+        line = json.dumps(msg, ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=_jsonable)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError("bad_message", f"message cannot be encoded as JSON ({exc})") from None
+    if len(line) > MAX_LINE_BYTES:
+        raise ProtocolError("bad_message", f"encoded message of {len(line)} bytes exceeds {MAX_LINE_BYTES}")
+    return line
+
+
+def _jsonable(value):
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    if isinstance(value, (set, tuple, frozenset)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def clean_number(x) -> Optional[float]:
+    """A finite float rounded for the wire, or None (NaN/inf are not JSON)."""
+    return round(float(x), 3) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+# ----------------------------------------------------------------------------- constructors
+def _msg(mtype: str, **fields) -> dict:
+    return {"type": mtype, "v": VERSION, **{k: v for k, v in fields.items() if v is not None}}
+
+
+def hello(client: Optional[str] = None, id=None) -> dict:
+    return _msg("hello", id=id, client=client)
+
+
+def submit(job: str, kind: str, job_dir: str, params: dict, id=None) -> dict:
+    return _msg("submit", id=id, job=job, kind=kind, job_dir=str(job_dir), params=dict(params))
+
+
+def cancel(job: str, id=None) -> dict:
+    return _msg("cancel", id=id, job=job)
+
+
+def status(id=None) -> dict:
+    return _msg("status", id=id)
+
+
+def unload(id=None) -> dict:
+    return _msg("unload", id=id)
+
+
+def shutdown(id=None) -> dict:
+    return _msg("shutdown", id=id)
+
+
+def hello_reply(info: dict, reply_to=None) -> dict:
+    return {**_msg("hello", reply_to=reply_to), **info}
+
+
+def ack(request: str, reply_to=None, **fields) -> dict:
+    return _msg("ack", request=request, reply_to=reply_to, **fields)
+
+
+def progress(job: str, stage: str, step: int, total: int, chunk=None, eta_s=None, elapsed_s=None) -> dict:
+    m = _msg("progress", job=job, stage=stage, step=int(step), total=int(total), chunk=chunk,
+             elapsed_s=clean_number(elapsed_s))
+    m["eta_s"] = clean_number(eta_s)
+    return m
+
+
+def result(job: str, kind: str, manifests: list, out: str, summary: dict, seconds=None, reply_to=None) -> dict:
+    return _msg("result", reply_to=reply_to, job=job, kind=kind, manifests=[str(m) for m in manifests], out=str(out),
+                summary=summary, seconds=seconds)
+
+
+def error(code: str, message: str, hint: Optional[str] = None, *, job=None, reply_to=None, problems=None,
+          step=None, log_file=None) -> dict:
+    return _msg("error", reply_to=reply_to, code=code, message=message, hint=hint, job=job, problems=problems,
+                step=step, log_file=log_file)
+
+
+def status_reply(running: Optional[dict], queued: list, loaded_models: list, reply_to=None) -> dict:
+    m = _msg("status", reply_to=reply_to, queued=list(queued), loaded_models=list(loaded_models))
+    m["running"] = running
+    return m
+
+
+def message_table() -> str:
+    """Markdown table of every message and field (docs/PROTOCOL.md embeds it)."""
+    rows = ["| direction | type | required fields | optional fields |", "|---|---|---|---|"]
+    for direction, table in MESSAGES.items():
+        for mtype, fields in table.items():
+            req = ", ".join(f"`{k}` ({f.types})" for k, f in fields.items() if f.required)
+            opt = ", ".join(f"`{k}` ({f.types})" for k, f in fields.items() if not f.required)
+            rows.append(f"| {direction} | `{mtype}` | {req or '—'} | {opt or '—'} |")
+    return "\n".join(rows)
