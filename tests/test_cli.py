@@ -6,12 +6,11 @@ import pytest
 
 from engine.cli import main
 from engine.demo_clip import make_demo_clip
-from engine.random_checkpoint import write_random_checkpoint
 
 
 @pytest.fixture(scope="module")
-def inv_ckpt(tmp_path_factory):
-    return write_random_checkpoint(tmp_path_factory.mktemp("m") / "inv", "inverse")
+def inv_ckpt(ckpts):
+    return ckpts[0]
 
 
 def test_inverse_command_on_a_frame_folder(inv_ckpt, tmp_path, capsys):

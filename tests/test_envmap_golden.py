@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from golden_paths import GOLDEN  # noqa: E402
 
 from engine.envmap import (
     MissingInputError,
@@ -30,7 +31,6 @@ from engine.envmap import (
     srgb_oetf,
 )
 
-from golden_paths import GOLDEN  # noqa: E402
 ENV_PROJ = GOLDEN / "env-proj"
 CASES_JSON = ENV_PROJ / "cases.json"
 

@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.gbuffer import GBufferSetWriter, make_provenance, open_gbuffer_set, write_contact_sheet, write_previews
+from engine.gbuffer import (
+    GBufferSetWriter,
+    make_provenance,
+    open_gbuffer_set,
+    write_contact_sheet,
+    write_previews,
+)
 from engine.gbuffer.previews import write_pass_video
 
 W, H = 25, 17  # odd on purpose: the contact sheet is padded to even sizes

@@ -5,8 +5,14 @@ import numpy as np
 import OpenEXR
 import pytest
 
-from engine.gbuffer import (GBufferSetWriter, IncompleteSetError, ManifestError, SetConflictError,
-                            make_provenance, open_gbuffer_set)
+from engine.gbuffer import (
+    GBufferSetWriter,
+    IncompleteSetError,
+    ManifestError,
+    SetConflictError,
+    make_provenance,
+    open_gbuffer_set,
+)
 from engine.gbuffer.manifest import GBufferSetError
 from engine.io.exr import read_exr, read_exr_header, write_exr
 

@@ -19,8 +19,14 @@ from huggingface_hub.utils import are_progress_bars_disabled, filter_repo_object
 
 from engine import hub  # noqa: E402
 from engine.hub import (  # noqa: E402
-    PUBLISHED_MODELS, ModelSpec, WeightsUnavailableError, add_download_arguments, describe_local_models,
-    download, resolve_model, run_download,
+    PUBLISHED_MODELS,
+    ModelSpec,
+    WeightsUnavailableError,
+    add_download_arguments,
+    describe_local_models,
+    download,
+    resolve_model,
+    run_download,
 )
 
 FORWARD_PIN = "bea8a656cff77215e70f1081070bd2b39dad004d"

@@ -8,7 +8,11 @@ import OpenEXR
 import pytest
 
 from engine.io import read_frame
-from engine.io.blender_exr import canonical_pass_name, detect_layout, read_blender_passes
+from engine.io.blender_exr import (
+    canonical_pass_name,
+    detect_layout,
+    read_blender_passes,
+)
 from engine.io.exr import ExrError, write_exr, write_exr_rgb
 
 FIX = Path(__file__).parent / "fixtures" / "blender_exr"

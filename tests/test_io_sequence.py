@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.io import find_clips, frame_number, list_frames, open_clip, read_frame, select_frames
+from engine.io import (
+    find_clips,
+    frame_number,
+    list_frames,
+    open_clip,
+    read_frame,
+    select_frames,
+)
 from engine.io.exr import write_exr, write_exr_rgb
 
 

@@ -7,15 +7,8 @@ import numpy as np
 import pytest
 
 from engine.cli import main
-from engine.random_checkpoint import write_random_checkpoint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "blender_exr"
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ck")
-    return write_random_checkpoint(root / "inv", "inverse"), write_random_checkpoint(root / "fwd", "forward")
 
 
 @pytest.fixture(scope="module")

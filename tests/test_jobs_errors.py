@@ -6,13 +6,6 @@ import pytest
 
 from engine.cli import main
 from engine.frames_io import write_png
-from engine.random_checkpoint import write_random_checkpoint
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ck")
-    return write_random_checkpoint(root / "inv", "inverse"), write_random_checkpoint(root / "fwd", "forward")
 
 
 @pytest.fixture()

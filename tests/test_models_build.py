@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from golden_paths import require_golden  # noqa: E402
 
 from engine.models import (
     DRUNet,
@@ -17,10 +18,6 @@ from engine.models import (
     build_unet_from_config,
     build_vae_from_config,
 )
-
-
-from golden_paths import require_golden  # noqa: E402
-
 
 TINY_INVERSE = {
     "_class_name": "UNetCustomSpatioTemporalConditionModel",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from golden_paths import require_golden  # noqa: E402
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -24,10 +25,6 @@ from engine.models import (
     read_root_config,
     read_safetensors_header,
 )
-
-
-from golden_paths import require_golden  # noqa: E402
-
 
 ENV_CFG = {"_class_name": "EnvEncoder", "_diffusers_version": "0.32.0", "in_channels": 12,
            "channels": [32, 32, 64, 64], "num_res_blocks": 1, "latent_encoder": True}

@@ -5,16 +5,19 @@ test_models_lora.py.
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
+from golden_paths import require_golden  # noqa: E402
 from safetensors.torch import load_file
 
-from engine.models import (GBUFFER_INDEX, EnvEncoder, load_env_encoder, load_unet, load_vae,
-                           make_group_norm_inputs_contiguous)
-
-
-from golden_paths import require_golden  # noqa: E402
+from engine.models import (
+    GBUFFER_INDEX,
+    EnvEncoder,
+    load_env_encoder,
+    load_unet,
+    load_vae,
+    make_group_norm_inputs_contiguous,
+)
 
 
 @pytest.fixture(scope="module")

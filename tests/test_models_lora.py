@@ -5,13 +5,10 @@ import copy
 
 import pytest
 import torch
+from golden_paths import require_golden  # noqa: E402
 from safetensors.torch import load_file, save_file
 
 from engine.models import LoraLoadError, build_unet_from_config, load_lora, load_unet
-
-
-from golden_paths import require_golden  # noqa: E402
-
 
 TINY_FORWARD = {
     "addition_time_embed_dim": 32, "block_out_channels": [32, 32, 32, 32], "context_embedding_type": None,

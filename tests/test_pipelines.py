@@ -5,15 +5,8 @@ import pytest
 import torch
 
 from engine.pipelines import Cancelled, EnvLight, ForwardRenderer, InverseRenderer
-from engine.random_checkpoint import write_random_checkpoint
 
 F, H, W = 3, 64, 64
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    return write_random_checkpoint(root / "inv", "inverse"), write_random_checkpoint(root / "fwd", "forward")
 
 
 @pytest.fixture(scope="module")

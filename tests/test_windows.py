@@ -5,8 +5,12 @@ import torch
 
 from engine.pipelines import InverseRenderer
 from engine.pipelines.sampling import initial_noise
-from engine.pipelines.windows import chunk_boundaries, plan_windows, seam_metric, window_weights
-from engine.random_checkpoint import write_random_checkpoint
+from engine.pipelines.windows import (
+    chunk_boundaries,
+    plan_windows,
+    seam_metric,
+    window_weights,
+)
 
 
 @pytest.mark.parametrize("total,window,overlap", [(30, 24, 6), (50, 24, 6), (24, 24, 6), (10, 4, 2), (7, 4, 0),
@@ -44,9 +48,8 @@ def test_seam_metric_detects_jumps():
 
 
 @pytest.fixture(scope="module")
-def inv(tmp_path_factory):
-    return InverseRenderer.from_pretrained(write_random_checkpoint(tmp_path_factory.mktemp("w") / "i", "inverse"),
-                                           device="cpu")
+def inv(ckpts):
+    return InverseRenderer.from_pretrained(ckpts[0], device="cpu")
 
 
 def test_windowed_inverse_all_modes(inv):

@@ -129,7 +129,8 @@ def check_writable(folder: Path) -> None:
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
-        raise JobError(f"output folder {folder} is not writable ({exc.strerror or exc}); choose another --out") from None
+        reason = exc.strerror or exc
+        raise JobError(f"output folder {folder} is not writable ({reason}); choose another --out") from None
 
 
 @dataclass
@@ -158,3 +159,22 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def load_renderer(kind: str, settings) -> tuple[object, float]:
+    """Load the inverse/forward renderer a job's settings ask for; returns (renderer, seconds)."""
+    from engine.pipelines import ForwardRenderer, InverseRenderer
+
+    cls = InverseRenderer if kind == "inverse" else ForwardRenderer
+    t0 = time.monotonic()
+    renderer = cls.from_pretrained(settings.model, revision=settings.revision, device=settings.device,
+                                   dtype=settings.dtype, allow_download=True)
+    return renderer, time.monotonic() - t0
+
+
+def job_summary(kind: str, input_path, out, t0: float, load_seconds: float, results) -> dict:
+    from dataclasses import asdict
+
+    return {"job": kind, "input": str(input_path), "out": str(out), "load_seconds": round(load_seconds, 2),
+            "model_cached": load_seconds == 0.0, "total_seconds": round(time.monotonic() - t0, 2),
+            "clips": [asdict(r) for r in results]}

@@ -10,9 +10,14 @@ from typing import Callable, Optional
 import numpy as np
 
 from engine.jobs.common import (JobError, Progress, ResumeCache, check_writable, cover_resolution, file_identity,
-                                resize_frames, settings_key)
+                               job_summary, load_renderer, resize_frames, settings_key)
 from engine.jobs.gbuffer_inputs import GBufferInputError, load_gbuffer_clips
-from engine.jobs.inverse_job import ClipResult, _model_identity, _up_to_date, denoise_calls
+from engine.jobs.inverse_job import (
+    ClipResult,
+    _model_identity,
+    _up_to_date,
+    denoise_calls,
+)
 from engine.jobs.segments import noise_for, plan_segments, run_segments
 
 
@@ -69,7 +74,12 @@ def _light_for(clip, hdri: Path, settings: ForwardSettings, n: int):
 
 def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, renderer, *, listener=None,
                      should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True) -> ClipResult:
-    from engine.gbuffer import GBufferSetWriter, srgb_to_linear, write_pass_video, write_previews
+    from engine.gbuffer import (
+        GBufferSetWriter,
+        srgb_to_linear,
+        write_pass_video,
+        write_previews,
+    )
     from engine.gbuffer.manifest import make_provenance
 
     t0 = time.monotonic()
@@ -162,17 +172,11 @@ def run_forward(gbuffers, hdris, out, settings: ForwardSettings, *, renderer=Non
     check_writable(out)
     t_load = 0.0
     if renderer is None:
-        from engine.pipelines import ForwardRenderer
-
-        t1 = time.monotonic()
-        renderer = ForwardRenderer.from_pretrained(settings.model, revision=settings.revision, device=settings.device,
-                                                   dtype=settings.dtype, allow_download=True)
-        t_load = time.monotonic() - t1
+        renderer, t_load = load_renderer("forward", settings)
     results = []
     for clip in clips:
         for hdri in hdris:
             target = (out / clip.name if len(clips) > 1 else out) / hdri.stem
             results.append(run_forward_clip(clip, hdri, target, settings, renderer, listener=listener,
                                             should_cancel=should_cancel, show_progress=show_progress))
-    return {"job": "forward", "input": str(gbuffers), "out": str(out), "load_seconds": round(t_load, 2),
-            "total_seconds": round(time.monotonic() - t0, 2), "clips": [asdict(r) for r in results]}
+    return job_summary("forward", gbuffers, out, t0, t_load, results)

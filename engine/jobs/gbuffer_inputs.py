@@ -84,7 +84,13 @@ def _blender_cameras(folder: Path, numbers: list) -> list:
 
 
 def _from_blender(folder: Path, files: list) -> GBufferClip:
-    from engine.gbuffer import compute_depth_range, encode_normal, encode_scalar, linear_to_srgb, normalise_depth
+    from engine.gbuffer import (
+        compute_depth_range,
+        encode_normal,
+        encode_scalar,
+        linear_to_srgb,
+        normalise_depth,
+    )
     from engine.io import frame_number, read_blender_passes
 
     numbers = [frame_number(f) for f in files]

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from engine.jobs.common import (JobError, Progress, ResumeCache, check_writable, cover_resolution, file_identity,
-                                resize_frames, settings_key)
+                               job_summary, load_renderer, resize_frames, settings_key)
 from engine.jobs.segments import noise_for, plan_segments, run_segments
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,12 @@ def _up_to_date(out: Path, key: str) -> bool:
 
 def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *, listener=None,
              should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True) -> ClipResult:
-    from engine.gbuffer import GBufferSetWriter, from_model_outputs, linear_to_srgb, srgb_to_linear
+    from engine.gbuffer import (
+        GBufferSetWriter,
+        from_model_outputs,
+        linear_to_srgb,
+        srgb_to_linear,
+    )
     from engine.gbuffer.encodings import depth_manifest
     from engine.gbuffer.manifest import make_provenance
     from engine.io import open_clip
@@ -189,17 +194,11 @@ def run_inverse(input_path, out, settings: InverseSettings, *, renderer=None, li
     check_writable(out)
     t_load = 0.0
     if renderer is None:
-        from engine.pipelines import InverseRenderer
-
-        t1 = time.monotonic()
-        renderer = InverseRenderer.from_pretrained(settings.model, revision=settings.revision, device=settings.device,
-                                                   dtype=settings.dtype, allow_download=True)
-        t_load = time.monotonic() - t1
+        renderer, t_load = load_renderer("inverse", settings)
     batch = len(clips) > 1 or (input_path.is_dir() and clips[0] != input_path)
     results = []
     for clip in clips:
         target = out / (clip.stem if clip.is_file() else clip.name) if batch else out
         results.append(run_clip(clip, target, settings, renderer, listener=listener, should_cancel=should_cancel,
                                 show_progress=show_progress))
-    return {"job": "inverse", "input": str(input_path), "out": str(out), "load_seconds": round(t_load, 2),
-            "total_seconds": round(time.monotonic() - t0, 2), "clips": [asdict(r) for r in results]}
+    return job_summary("inverse", input_path, out, t0, t_load, results)
