@@ -211,11 +211,11 @@ def _version_problem(msg: dict) -> Optional[tuple]:
 
 def _params_problems(kind: str, params: dict) -> list:
     table = PARAMS[kind]
-    out = [f"field 'params.{k}': unknown parameter for a {kind} job" for k in params if k not in table]
+    out = [f"field 'params.{k}': unknown parameter for {kind} jobs" for k in params if k not in table]
     for name, f in table.items():
         if name not in params:
             if f.required:
-                out.append(f"field 'params.{name}': required for a {kind} job")
+                out.append(f"field 'params.{name}': required for {kind} jobs")
             continue
         out += _check_field(f"params.{name}", params[name], f)
     frames, overlap = params.get("frames", 24), params.get("overlap", 6)
@@ -415,7 +415,7 @@ def message_table() -> str:
     rows = ["| direction | type | required fields | optional fields |", "|---|---|---|---|"]
     for direction, table in MESSAGES.items():
         for mtype, fields in table.items():
-            req = ", ".join(f"`{k}` ({f.types})" for k, f in fields.items() if f.required)
-            opt = ", ".join(f"`{k}` ({f.types})" for k, f in fields.items() if not f.required)
+            req = ", ".join(f"`{k}` ({f.types.replace('|', ' or ')})" for k, f in fields.items() if f.required)
+            opt = ", ".join(f"`{k}` ({f.types.replace('|', ' or ')})" for k, f in fields.items() if not f.required)
             rows.append(f"| {direction} | `{mtype}` | {req or '—'} | {opt or '—'} |")
     return "\n".join(rows)

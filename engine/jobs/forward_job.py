@@ -74,12 +74,7 @@ def _light_for(clip, hdri: Path, settings: ForwardSettings, n: int):
 
 def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, renderer, *, listener=None,
                      should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True) -> ClipResult:
-    from engine.gbuffer import (
-        GBufferSetWriter,
-        srgb_to_linear,
-        write_pass_video,
-        write_previews,
-    )
+    from engine.gbuffer import GBufferSetWriter, srgb_to_linear, write_pass_video, write_previews
     from engine.gbuffer.manifest import make_provenance
 
     t0 = time.monotonic()

@@ -86,12 +86,7 @@ def _up_to_date(out: Path, key: str) -> bool:
 
 def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *, listener=None,
              should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True) -> ClipResult:
-    from engine.gbuffer import (
-        GBufferSetWriter,
-        from_model_outputs,
-        linear_to_srgb,
-        srgb_to_linear,
-    )
+    from engine.gbuffer import GBufferSetWriter, from_model_outputs, linear_to_srgb, srgb_to_linear
     from engine.gbuffer.encodings import depth_manifest
     from engine.gbuffer.manifest import make_provenance
     from engine.io import open_clip
