@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_download_arguments(p)
 
     sub.add_parser("info", help="print versions, devices and locally available models as JSON")
+
+    from engine.server.serve import add_serve_arguments
+
+    add_serve_arguments(sub.add_parser("serve", help="run as the Blender add-on's engine: JSON lines on stdin/stdout "
+                                                     "(docs/PROTOCOL.md)"))
     return ap
 
 
@@ -230,6 +235,10 @@ def main(argv=None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"inverse": cmd_inverse, "forward": cmd_forward, "seams": cmd_seams, "conformance": cmd_conformance, "info": cmd_info}
     try:
+        if args.command == "serve":
+            from engine.server.serve import main as serve_main
+
+            return serve_main(args)
         if args.command == "download":
             from engine.hub import run_download
 

@@ -21,6 +21,26 @@ from engine.atomic import atomic_write
 CACHE_DIR = ".dr-resume"
 
 
+@dataclass
+class JobSettings:
+    """Settings every job shares (model, windows, sampling, device, outputs)."""
+    model: str = ""
+    revision: Optional[str] = None
+    frames: int = 24            # frames per model window
+    overlap: int = 6            # frames shared by neighbouring windows
+    steps: int = 20
+    resolution: Optional[tuple] = None   # (W, H); None = cover 512 keeping the aspect (×64)
+    seed: Optional[int] = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    decode_chunk: int = 8
+    decode_overlap: int = 2
+    blend: str = "latent"
+    windows_per_segment: int = 4
+    overwrite: bool = False
+    previews: bool = True
+
+
 class JobError(Exception):
     """A job cannot run as asked; the message names the file or setting and the fix."""
 

@@ -9,8 +9,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from engine.jobs.common import (JobError, Progress, ResumeCache, check_writable, cover_resolution, file_identity,
-                               job_summary, load_renderer, resize_frames, settings_key)
+from engine.jobs.common import (JobError, JobSettings, Progress, ResumeCache, check_writable, cover_resolution,
+                               file_identity, job_summary, load_renderer, resize_frames, settings_key)
 from engine.jobs.gbuffer_inputs import GBufferInputError, load_gbuffer_clips
 from engine.jobs.inverse_job import (
     ClipResult,
@@ -22,9 +22,8 @@ from engine.jobs.segments import noise_for, plan_segments, run_segments
 
 
 @dataclass
-class ForwardSettings:
+class ForwardSettings(JobSettings):
     model: str = "forward"
-    revision: Optional[str] = None
     lora_scale: float = 0.25
     guidance: float = 1.2
     rotate_light: bool = False
@@ -36,19 +35,6 @@ class ForwardSettings:
     env_flip: bool = False
     camera_follow: bool = False
     env_resolution: tuple = (512, 512)
-    frames: int = 24
-    overlap: int = 6
-    steps: int = 20
-    resolution: Optional[tuple] = None
-    seed: Optional[int] = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    decode_chunk: int = 8
-    decode_overlap: int = 2
-    blend: str = "latent"
-    windows_per_segment: int = 4
-    overwrite: bool = False
-    previews: bool = True
 
 
 def _light_for(clip, hdri: Path, settings: ForwardSettings, n: int):

@@ -10,33 +10,19 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from engine.jobs.common import (JobError, Progress, ResumeCache, check_writable, cover_resolution, file_identity,
-                               job_summary, load_renderer, resize_frames, settings_key)
+from engine.jobs.common import (JobError, JobSettings, Progress, ResumeCache, check_writable, cover_resolution,
+                               file_identity, job_summary, load_renderer, resize_frames, settings_key)
 from engine.jobs.segments import noise_for, plan_segments, run_segments
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class InverseSettings:
+class InverseSettings(JobSettings):
     passes: tuple = ("basecolor", "metallic", "roughness", "normal", "depth")
     model: str = "inverse"
-    revision: Optional[str] = None
-    frames: int = 24            # frames per model window
-    overlap: int = 6            # frames shared by neighbouring windows
-    steps: int = 20
-    resolution: Optional[tuple] = None   # (W, H); None = cover 512 keeping the aspect (×64)
-    seed: Optional[int] = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    decode_chunk: int = 8
-    decode_overlap: int = 2
-    blend: str = "latent"
-    windows_per_segment: int = 4
     frame_range: Optional[tuple] = None
     fps: Optional[float] = None
-    overwrite: bool = False
-    previews: bool = True
 
 
 @dataclass
