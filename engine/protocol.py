@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Optional
 
 PROTOCOL_VERSION = (1, 0)
 VERSION = f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
@@ -45,7 +44,7 @@ class ProtocolError(ValueError):
     """A line or message that breaks the protocol. ``code`` is one of ERROR_CODES; ``problems`` lists
     every finding; ``reply_to``/``job`` are taken from the message when it had them."""
 
-    def __init__(self, code: str, message: str, problems: Optional[list] = None, *, reply_to=None, job=None):
+    def __init__(self, code: str, message: str, problems: list | None = None, *, reply_to=None, job=None):
         super().__init__(message)
         self.code, self.problems = code, list(problems or [message])
         self.reply_to, self.job = reply_to, job
@@ -54,7 +53,7 @@ class ProtocolError(ValueError):
 class Field:
     """One field: ``types`` in a small notation ('str', 'int', 'num', 'bool', 'obj', 'list', 'null',
     'list[str]', unions with '|'), plus optional choices / minimum / maximum / list length."""
-    __slots__ = ("types", "required", "choices", "minimum", "maximum", "length", "doc")
+    __slots__ = ("choices", "doc", "length", "maximum", "minimum", "required", "types")
 
     def __init__(self, types: str, required: bool = False, *, choices=None, minimum=None, maximum=None,
                  length=None, doc: str = ""):
@@ -134,7 +133,9 @@ MESSAGES: dict = {
         "ack": {"reply_to": _REPLY, "request": Field("str", True, doc="type of the request acknowledged"),
                 "job": Field("str"), "state": Field("str", choices=("queued", "cancelling", "removed", "unknown",
                                                                     "idle", "stopping", "done")),
-                "queue_position": Field("int", minimum=0), "unloaded": Field("list[obj]"),
+                "queue_position": Field("int", minimum=0), "step": Field("int|null", doc="denoising steps done "
+                                                                                     "when a cancel arrived"),
+                "unloaded": Field("list[obj]"),
                 "cuda_memory_allocated": Field("int|null")},
         "progress": {"job": _JOB, "stage": Field("str", True, choices=PROGRESS_STAGES),
                      "step": Field("int", True, minimum=0), "total": Field("int", True, minimum=0),
@@ -185,7 +186,7 @@ PARAMS = {"inverse": INVERSE_PARAMS, "forward": FORWARD_PARAMS}
 
 
 # ----------------------------------------------------------------------------- validation
-def parse_version(v) -> Optional[tuple]:
+def parse_version(v) -> tuple | None:
     """'1.0' → (1, 0); an int major 1 → (1, 0); anything else → None."""
     if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
         return (v, 0)
@@ -196,7 +197,7 @@ def parse_version(v) -> Optional[tuple]:
     return None
 
 
-def _version_problem(msg: dict) -> Optional[tuple]:
+def _version_problem(msg: dict) -> tuple | None:
     """None when msg['v'] is present with our major version, else (code, problem)."""
     if "v" not in msg:
         return "bad_message", f"field 'v': required, the protocol version (this side speaks {VERSION})"
@@ -283,7 +284,7 @@ def _error(code: str, problems: list, msg=None) -> ProtocolError:
     if isinstance(msg, dict):
         rid = msg.get("id")
         reply_to = rid if (_is(rid, "str") and len(rid) <= 128) or _is(rid, "int") else None
-        job = msg.get("job") if isinstance(msg.get("job"), str) and len(msg["job"]) <= 128 else None
+        job = msg.get("job") if isinstance(msg.get("job"), str) and 1 <= len(msg["job"]) <= 128 else None
     text = problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} more problem(s))"
     return ProtocolError(code, text, problems, reply_to=reply_to, job=job)
 
@@ -344,7 +345,7 @@ def _jsonable(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def clean_number(x) -> Optional[float]:
+def clean_number(x) -> float | None:
     """A finite float rounded for the wire, or None (NaN/inf are not JSON)."""
     return round(float(x), 3) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
@@ -354,7 +355,7 @@ def _msg(mtype: str, **fields) -> dict:
     return {"type": mtype, "v": VERSION, **{k: v for k, v in fields.items() if v is not None}}
 
 
-def hello(client: Optional[str] = None, id=None) -> dict:
+def hello(client: str | None = None, id=None) -> dict:
     return _msg("hello", id=id, client=client)
 
 
@@ -398,13 +399,13 @@ def result(job: str, kind: str, manifests: list, out: str, summary: dict, second
                 summary=summary, seconds=seconds)
 
 
-def error(code: str, message: str, hint: Optional[str] = None, *, job=None, reply_to=None, problems=None,
+def error(code: str, message: str, hint: str | None = None, *, job=None, reply_to=None, problems=None,
           step=None, log_file=None) -> dict:
     return _msg("error", reply_to=reply_to, code=code, message=message, hint=hint, job=job, problems=problems,
                 step=step, log_file=log_file)
 
 
-def status_reply(running: Optional[dict], queued: list, loaded_models: list, reply_to=None) -> dict:
+def status_reply(running: dict | None, queued: list, loaded_models: list, reply_to=None) -> dict:
     m = _msg("status", reply_to=reply_to, queued=list(queued), loaded_models=list(loaded_models))
     m["running"] = running
     return m

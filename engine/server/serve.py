@@ -1,0 +1,275 @@
+"""`diffusion-renderer serve`: the JSON-lines protocol on stdin/stdout (docs/PROTOCOL.md).
+
+Threads: the main thread starts everything, then waits for a stop and handles signals (set as flags by
+the handlers); a reader thread decodes stdin lines and dispatches them (all quick: queue, flags,
+replies); the worker thread runs the jobs; a parent-watch thread notices the parent's death. Every
+protocol write goes through one Writer (one lock, one line per message). No network port is opened.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import threading
+from pathlib import Path
+
+from engine import __version__, protocol
+from engine.server import lifecycle
+from engine.server.model_cache import ModelCache, cuda_allocated
+from engine.server.worker import DuplicateJob, Job, Worker
+
+log = logging.getLogger("engine.server")
+
+HINTS = {
+    "bad_message": "send one JSON object per line, built with engine.protocol.encode() (docs/PROTOCOL.md)",
+    "unknown_type": "see docs/PROTOCOL.md for the message types of this protocol version",
+    "version_mismatch": f"this engine speaks protocol {protocol.VERSION}; update the engine or the add-on so the "
+                        "major versions match",
+    "invalid_params": "fix the listed fields (docs/PROTOCOL.md lists every field and its type)",
+    "internal": "check the engine's Python environment (bin/diffusion-renderer info); the log has the traceback",
+}
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--log-file", default=None, metavar="PATH",
+                   help="log file (default: <user cache dir>/diffusion-renderer/logs/engine-<pid>.log)")
+    p.add_argument("--max-models", type=int, default=1, metavar="N",
+                   help="loaded models kept between jobs, least recently used dropped first (default 1; 0 = none)")
+    p.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                   help="exit when this process exits (besides watching the parent process)")
+    p.add_argument("--stop-timeout", type=float, default=60.0, metavar="S",
+                   help="seconds a cancelled job may take to stop when the engine exits (default 60)")
+    return p
+
+
+class Writer:
+    """Protocol output: one encoded line per message, written whole under a lock; validated first."""
+
+    def __init__(self, fd: int, on_broken):
+        self.fd, self.on_broken = fd, on_broken
+        self.lock = threading.RLock()
+        self.closed = False
+
+    def write(self, msg: dict) -> bool:
+        problems = protocol.validate(msg, protocol.TO_CLIENT)
+        if problems:
+            log.error("engine bug: invalid outgoing %s message: %s", msg.get("type"), "; ".join(problems))
+        try:
+            data = (protocol.encode(msg) + "\n").encode("ascii")
+        except protocol.ProtocolError as exc:
+            log.error("engine bug: cannot encode a %s message (%s)", msg.get("type"), exc)
+            data = (protocol.encode(protocol.error("internal", f"unencodable {msg.get('type')} message: {exc}",
+                                                   job=msg.get("job"))) + "\n").encode("ascii")
+        with self.lock:
+            if self.closed:
+                return False
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.fd, view):]
+            except OSError as exc:
+                self.closed = True
+                log.warning("stdout closed (%s)", exc)
+                self.on_broken("stdout closed")
+                return False
+        return True
+
+
+def engine_info(cache: ModelCache, log_file: Path | None) -> dict:
+    import torch
+
+    from engine.hub import describe_local_models
+
+    try:
+        models = describe_local_models()
+    except Exception as exc:  # noqa: BLE001 - a broken cache must not stop the handshake
+        log.warning("could not list local models: %s", exc)
+        models = []
+    devices = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            devices.append({"index": i, "name": props.name, "total_memory": int(props.total_memory),
+                            "capability": f"{props.major}.{props.minor}"})
+    return {"protocol": protocol.VERSION, "engine": __version__, "pid": os.getpid(),
+            "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "devices": devices, "models": models,
+            "max_models": cache.max_models, "log_file": str(log_file) if log_file else None,
+            "loaded_models": cache.loaded()}
+
+
+class Server:
+    def __init__(self, in_fd: int, out_fd: int, log_file: Path | None, max_models: int = 1,
+                 parent_pid: int | None = None, stop_timeout: float = 60.0):
+        self.in_fd, self.log_file, self.stop_timeout = in_fd, log_file, stop_timeout
+        self.writer = Writer(out_fd, self.request_stop)
+        self.cache = ModelCache(max_models)
+        self.worker = Worker(self.send, self.cache, log_file, send_lock=self.writer.lock)
+        self.parent_watch = lifecycle.ParentWatch(self.request_stop, parent_pid)
+        self.stop_event = threading.Event()
+        self.stop_reason: str | None = None
+        self._interrupts = 0        # set by the SIGINT handler, handled by the main loop
+        self._terminate = False     # set by the SIGTERM/SIGHUP handler
+        self._rejected = 0          # malformed lines so far (the first 10 are logged at INFO)
+
+    def send(self, msg: dict) -> bool:
+        return self.writer.write(msg)
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stop_event.set()
+
+    # -- signals (flags only: the handlers run between bytecodes of the main thread) --------
+    def _on_sigint(self) -> None:
+        self._interrupts += 1
+
+    def _on_sigterm(self) -> None:
+        self._terminate = True
+
+    def _handle_signals(self) -> None:
+        while self._interrupts:
+            self._interrupts -= 1
+            with self.writer.lock:  # the ack goes out before the job's terminal message
+                job = self.worker.cancel_running("SIGINT")
+                self.send(protocol.ack("interrupt", job=job.id if job else None, state="cancelling" if job else "idle",
+                                       step=job.step if job else None))
+            log.info("SIGINT: %s", f"cancelling job {job.id}" if job else "no job running")
+        if self._terminate:
+            self.request_stop("SIGTERM")
+
+    # -- main ---------------------------------------------------------------------------------------
+    def run(self) -> int:
+        lifecycle.install_signal_handlers(self._on_sigint, self._on_sigterm)
+        self.info = engine_info(self.cache, self.log_file)
+        log.info("engine %s, protocol %s, pid %d, torch %s, device %s", __version__, protocol.VERSION, os.getpid(),
+                 self.info["torch"], self.info["device"])
+        self.send(protocol.hello_reply(self.info))
+        self.worker.start()
+        threading.Thread(target=self._read_loop, name="reader", daemon=True).start()
+        self.parent_watch.start()
+        while not self.stop_event.wait(0.05):
+            self._handle_signals()
+        self._handle_signals()
+        return self._shutdown()
+
+    def _shutdown(self) -> int:
+        log.info("stopping: %s", self.stop_reason)
+        for job in self.worker.stop(self.stop_reason or "stop"):
+            self.send(protocol.error("cancelled", f"job cancelled before it started ({self.stop_reason})",
+                                     job=job.id, reply_to=job.reply_to))
+        self.worker.join(self.stop_timeout)
+        if self.worker.is_alive():
+            log.warning("the running job did not stop within %.0f s; exiting anyway", self.stop_timeout)
+        log.info("engine stopped")
+        return 0
+
+    # -- stdin --------------------------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        for line in lifecycle.read_lines(self.in_fd, protocol.MAX_LINE_BYTES + 1):
+            try:
+                self.handle_line(line)
+            except Exception as exc:  # noqa: BLE001 - one bad line never takes the engine down
+                log.exception("while handling a line")
+                self.send(protocol.error("internal", f"{type(exc).__name__}: {exc}", log_file=self._log_str()))
+        self.request_stop("stdin closed")
+
+    def _log_str(self) -> str | None:
+        return str(self.log_file) if self.log_file else None
+
+    def handle_line(self, line) -> None:
+        if isinstance(line, lifecycle.Oversize):
+            self.send(protocol.error("bad_message", f"line of {line.size} bytes exceeds the "
+                                     f"{protocol.MAX_LINE_BYTES} byte limit", HINTS["bad_message"]))
+            return
+        if not line.strip():
+            return
+        try:
+            msg = protocol.check(protocol.decode(line), protocol.TO_ENGINE)
+        except protocol.ProtocolError as exc:
+            self._rejected += 1
+            log.log(logging.INFO if self._rejected <= 10 else logging.DEBUG, "rejected line #%d (%s): %s",
+                    self._rejected, exc.code, exc)
+            self.send(protocol.error(exc.code, str(exc), HINTS.get(exc.code), job=exc.job, reply_to=exc.reply_to,
+                                     problems=exc.problems[:20]))
+            return
+        getattr(self, f"on_{msg['type']}")(msg)
+
+    # -- messages -----------------------------------------------------------------------------------
+    def on_hello(self, msg: dict) -> None:
+        if msg.get("client"):
+            log.info("client: %s", msg["client"])
+        info = engine_info(self.cache, self.log_file)
+        self.send(protocol.hello_reply(info, reply_to=msg.get("id")))
+
+    def on_submit(self, msg: dict) -> None:
+        rid, job_id = msg.get("id"), msg["job"]
+        job_dir = Path(msg["job_dir"]).expanduser()
+        if not job_dir.is_absolute():
+            self.send(protocol.error("invalid_params", f"field 'job_dir': must be an absolute path, got "
+                                     f"{msg['job_dir']!r}", HINTS["invalid_params"], job=job_id, reply_to=rid))
+            return
+        job = Job(job_id, msg["kind"], job_dir, msg["params"], reply_to=rid)
+        with self.writer.lock:  # the ack goes out before the worker can say anything about the job
+            try:
+                position = self.worker.submit(job)
+            except DuplicateJob as exc:
+                self.send(protocol.error("invalid_params", str(exc), "choose a new job id", job=job_id, reply_to=rid))
+                return
+            except RuntimeError as exc:
+                self.send(protocol.error("cancelled", str(exc), job=job_id, reply_to=rid))
+                return
+            self.send(protocol.ack("submit", rid, job=job_id, state="queued", queue_position=position))
+        log.info("job %s (%s) queued at position %d", job_id, msg["kind"], position)
+
+    def on_cancel(self, msg: dict) -> None:
+        with self.writer.lock:  # the ack goes out before the job's terminal message
+            state, job = self.worker.cancel(msg["job"])
+            self.send(protocol.ack("cancel", msg.get("id"), job=msg["job"], state=state,
+                                   step=job.step if state == "cancelling" else None))
+        log.info("cancel %s: %s", msg["job"], state)
+        if state == "removed":
+            self.send(protocol.error("cancelled", "job cancelled before it started", job=job.id,
+                                     reply_to=job.reply_to))
+
+    def on_status(self, msg: dict) -> None:
+        with self.writer.lock:  # consistent with the job messages around it
+            running, queued = self.worker.snapshot()
+            self.send(protocol.status_reply(running, queued, self.cache.loaded(), reply_to=msg.get("id")))
+
+    def on_unload(self, msg: dict) -> None:
+        unloaded = self.cache.unload()
+        self.send(protocol.ack("unload", msg.get("id"), state="done", unloaded=unloaded,
+                               cuda_memory_allocated=cuda_allocated()))
+
+    def on_shutdown(self, msg: dict) -> None:
+        self.send(protocol.ack("shutdown", msg.get("id"), state="stopping"))
+        self.request_stop("shutdown message")
+
+
+def main(args) -> int:
+    """Entry point of `diffusion-renderer serve` (args from add_serve_arguments + the global -v)."""
+    in_fd, out_fd = lifecycle.reserve_stdio()
+    log_file = lifecycle.setup_logging(args.log_file, getattr(args, "verbose", False))
+    code = 1
+    server = Server(in_fd, out_fd, log_file, max_models=args.max_models, parent_pid=args.parent_pid,
+                    stop_timeout=args.stop_timeout)
+    try:
+        code = server.run()
+    except Exception as exc:  # noqa: BLE001 - start-up failure: tell the client, the log has the traceback
+        log.exception("the engine failed")
+        server.send(protocol.error("internal", f"engine start-up failed: {type(exc).__name__}: {exc}",
+                                   HINTS.get("internal"), log_file=server._log_str()))
+    finally:
+        logging.shutdown()
+        for stream in (sys.stderr, sys.__stderr__):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+    # os._exit: a job that did not stop in time or a library's non-daemon thread must not keep the
+    # process alive after the protocol said goodbye
+    os._exit(code)

@@ -1,0 +1,313 @@
+"""The job queue and the one worker thread that runs jobs through run_inverse / run_forward.
+
+Every accepted job ends with exactly one terminal message: ``result`` or ``error`` (code ``cancelled``
+when it was cancelled). Lock order: the writer's lock may be held while taking the queue lock, never
+the reverse (nothing is sent while holding only the queue lock)."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine import protocol
+from engine.server.model_cache import ModelCache, free_device_memory
+
+log = logging.getLogger("engine.server")
+
+PROGRESS_INTERVAL = 0.1   # at most 10 progress messages a second per job (first and last step always)
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    job_dir: Path
+    params: dict
+    reply_to: object = None
+    received: float = field(default_factory=time.monotonic)
+    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel_reason: str = ""
+    stage: str = "queued"
+    step: int = 0
+    total: int = 0
+
+
+class DuplicateJob(ValueError):
+    pass
+
+
+class _Timed:
+    """Wraps a renderer; adds up the time spent inside its __call__ (the pipeline's own compute)."""
+
+    def __init__(self, renderer):
+        self._r, self.seconds = renderer, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self._r, name)
+
+    def __call__(self, *args, **kwargs):
+        t0 = time.monotonic()
+        try:
+            return self._r(*args, **kwargs)
+        finally:
+            self.seconds += time.monotonic() - t0
+
+
+# ----------------------------------------------------------------------------- params → settings
+def _path(job: Job, value: str | None, default: Path | None = None) -> Path | None:
+    if value in (None, ""):
+        return default
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else job.job_dir / p
+
+
+def build_settings(job: Job):
+    """(settings, run_function, positional inputs) for a validated submit."""
+    from engine.jobs.common import JobError, parse_resolution
+
+    p = job.params
+    common = {k: p[k] for k in ("model", "revision", "frames", "overlap", "steps", "device", "dtype", "decode_chunk",
+                                "decode_overlap", "blend", "windows_per_segment", "overwrite", "previews") if k in p}
+    if "resolution" in p:
+        common["resolution"] = parse_resolution(p["resolution"])
+    if "seed" in p:
+        common["seed"] = None if p["seed"] in (None, -1) else p["seed"]
+    out = _path(job, p.get("out"), job.job_dir / "out")
+    if job.kind == "inverse":
+        from engine.jobs.inverse_job import InverseSettings, run_inverse
+
+        s = InverseSettings(**common)
+        if "passes" in p:
+            s.passes = tuple(dict.fromkeys(p["passes"]))
+        if p.get("frame_range") is not None:
+            s.frame_range = tuple(p["frame_range"])
+        s.fps = p.get("fps")
+        src = _path(job, p["input"])
+        if not src.exists():
+            raise JobError(f"{src}: input not found")
+        return s, run_inverse, (src, out)
+    from engine.jobs.forward_job import ForwardSettings, run_forward
+
+    s = ForwardSettings(**common)
+    for k in ("lora_scale", "guidance", "rotate_light", "fixed_frame", "elevation", "elevation_convention",
+              "env_rotation", "env_strength", "env_flip", "camera_follow"):
+        if k in p:
+            setattr(s, k, p[k])
+    env_res = parse_resolution(p.get("env_resolution"), multiple=8)
+    if env_res is not None:
+        s.env_resolution = (env_res[1], env_res[0])   # (H, W) as the CLI passes it
+    src = _path(job, p["gbuffers"])
+    if not src.exists():
+        raise JobError(f"{src}: G-buffer input not found")
+    return s, run_forward, (src, [_path(job, h) for h in p["hdri"]], out)
+
+
+# ----------------------------------------------------------------------------- errors
+def classify(exc: BaseException, log_file) -> tuple[str, str, str | None]:
+    """Exception → (code, message, hint)."""
+    from engine.errors import describe
+    from engine.hub import WeightsUnavailableError
+    from engine.jobs.common import JobError
+    from engine.pipelines import Cancelled
+
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, Cancelled):
+        return "cancelled", text, None
+    if isinstance(exc, WeightsUnavailableError):
+        return ("weights_unavailable", text, "download the model (`diffusion-renderer download "
+                f"{exc.model_name}` or the add-on's download button), or set params.model to a local "
+                "checkpoint folder")
+    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
+        return ("out_of_memory", f"out of memory: {text.splitlines()[0][:300]}",
+                "lower the resolution, use fewer frames per chunk (params.frames) and a smaller decode_chunk, "
+                "use dtype fp16 (low-VRAM mode), or unload other models")
+    if isinstance(exc, (JobError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError)) or \
+            type(exc).__name__ in ("CheckpointMismatchError", "LoraLoadError", "UserError"):
+        return "input_error", describe(exc), None
+    return ("internal", f"{type(exc).__name__}: {text}",
+            f"an engine bug or an unexpected environment problem; the traceback is in {log_file or 'stderr'}")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from engine.atomic import atomic_write_text
+
+    try:
+        atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    except OSError as exc:
+        log.warning("could not write %s (%s)", path, exc)
+
+
+# ----------------------------------------------------------------------------- the worker
+class Worker(threading.Thread):
+    def __init__(self, send: Callable[[dict], None], cache: ModelCache, log_file=None,
+                 progress_interval: float = PROGRESS_INTERVAL, send_lock=None):
+        super().__init__(name="worker", daemon=True)
+        self.send, self.cache, self.log_file = send, cache, log_file
+        self.send_lock = send_lock or threading.RLock()   # the writer's lock (re-entrant)
+        self.progress_interval = progress_interval
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self.running: Job | None = None
+        self.stopping = False
+
+    # -- called from other threads ------------------------------------------------------------
+    def submit(self, job: Job) -> int:
+        """Queue a job; returns its position (0 = starts now). Raises DuplicateJob / RuntimeError."""
+        with self._cond:
+            if self.stopping:
+                raise RuntimeError("the engine is shutting down")
+            if (self.running and self.running.id == job.id) or any(j.id == job.id for j in self._queue):
+                raise DuplicateJob(f"a job with id {job.id!r} is already queued or running")
+            self._queue.append(job)
+            position = len(self._queue) - 1 + (1 if self.running else 0)
+            self._cond.notify()
+        return position
+
+    def cancel(self, job_id: str, reason: str = "cancel message") -> tuple[str, Job | None]:
+        """('cancelling', job) for the running job, ('removed', job) for a queued one (the caller
+        sends its terminal error), ('unknown', None) otherwise (finished, or never seen)."""
+        with self._cond:
+            if self.running is not None and self.running.id == job_id:
+                self.running.cancel_reason = self.running.cancel_reason or reason
+                self.running.cancel.set()
+                return "cancelling", self.running
+            for job in self._queue:
+                if job.id == job_id:
+                    self._queue.remove(job)
+                    return "removed", job
+        return "unknown", None
+
+    def cancel_running(self, reason: str) -> Job | None:
+        with self._cond:
+            job = self.running
+            if job is not None:
+                job.cancel_reason = job.cancel_reason or reason
+                job.cancel.set()
+        return job
+
+    def stop(self, reason: str) -> list[Job]:
+        """No more jobs: cancel the running one and return the queued ones (removed)."""
+        with self._cond:
+            self.stopping = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            if self.running is not None:
+                self.running.cancel_reason = self.running.cancel_reason or reason
+                self.running.cancel.set()
+            self._cond.notify_all()
+        return dropped
+
+    def snapshot(self) -> tuple[dict | None, list[str]]:
+        with self._cond:
+            r = self.running
+            running = None if r is None else {"job": r.id, "kind": r.kind, "stage": r.stage, "step": r.step,
+                                              "total": r.total, "cancelling": r.cancel.is_set()}
+            return running, [j.id for j in self._queue]
+
+    # -- the worker thread ----------------------------------------------------------------------
+    def run(self) -> None:
+        try:  # import the job code now, while idle, not when the first job arrives
+            import engine.jobs.forward_job  # noqa: F401
+            import engine.jobs.inverse_job  # noqa: F401
+            import engine.pipelines  # noqa: F401
+        except Exception:  # noqa: BLE001 - the job that needs them reports the problem
+            log.exception("could not import the job modules")
+        while True:
+            with self._cond:
+                while not self._queue and not self.stopping:
+                    self._cond.wait()
+                if self.stopping:
+                    return
+                job = self._queue.popleft()
+                self.running = job
+            try:
+                msg = self._execute(job)
+            except BaseException as exc:  # noqa: BLE001 - the worker must survive anything a job does
+                log.exception("job %s: unexpected failure while reporting", job.id)
+                msg = protocol.error("internal", f"{type(exc).__name__}: {exc}", job=job.id, reply_to=job.reply_to)
+            # one step under the writer's lock: a cancel or status sees the job running and its terminal
+            # message not yet sent, or the job gone and its terminal message already on the wire
+            with self.send_lock:
+                with self._cond:
+                    self.running = None
+                self.send(msg)
+            if self.cache.needs_empty_cache:
+                self.cache.needs_empty_cache = False
+                free_device_memory()
+
+    def _execute(self, job: Job) -> dict:
+        """Run one job; returns its terminal message (result or error)."""
+        t_start = time.monotonic()
+        seconds = {"queued": round(t_start - job.received, 3)}
+        log.info("job %s (%s) started in %s", job.id, job.kind, job.job_dir)
+        try:
+            job.job_dir.mkdir(parents=True, exist_ok=True)
+            _write_json(job.job_dir / "request.json", {"job": job.id, "kind": job.kind, "params": job.params})
+            settings, run, inputs = build_settings(job)
+
+            def on_load():
+                job.stage = "load_model"
+                self.send(protocol.progress(job.id, "load_model", 0, 0, elapsed_s=time.monotonic() - t_start))
+
+            renderer, load_s, cached = self.cache.get(
+                job.kind, settings.model, settings.revision, settings.device, settings.dtype,
+                allow_download=job.params.get("allow_download", True), on_load=on_load)
+            seconds["load_model"] = round(load_s, 3)
+            if job.cancel.is_set():
+                from engine.pipelines import Cancelled
+
+                raise Cancelled("cancelled before the job started")
+            timed = _Timed(renderer)
+            del renderer
+            t_run = time.monotonic()
+            summary = run(*inputs, settings, renderer=timed, listener=self._listener(job, t_start),
+                          should_cancel=job.cancel.is_set, show_progress=False)
+            seconds.update(job=round(time.monotonic() - t_run, 3), pipeline=round(timed.seconds, 3))
+            del timed
+        except BaseException as exc:  # noqa: BLE001 - everything becomes an error message
+            code, message, hint = classify(exc, self.log_file)
+            if job.cancel.is_set() and code != "cancelled":
+                # e.g. SIGINT sent to the whole process group also killed an ffmpeg reader: the user asked
+                # for the job to stop, so that is what it did
+                log.info("job %s failed after its cancel (%s: %s)", job.id, code, message)
+                code, message, hint = "cancelled", f"stopped with {code}: {message}", None
+            if code == "cancelled":
+                message = f"job cancelled ({job.cancel_reason or 'cancel'}; {message})"
+                log.info("job %s: %s", job.id, message)
+            elif code == "internal":
+                log.error("job %s failed:\n%s", job.id, "".join(traceback.format_exception(exc)))
+            else:
+                log.warning("job %s failed (%s): %s", job.id, code, message)
+            if code == "out_of_memory":
+                free_device_memory()
+            msg = protocol.error(code, message, hint, job=job.id, reply_to=job.reply_to, step=job.step,
+                                 log_file=str(self.log_file) if self.log_file else None)
+            _write_json(job.job_dir / "error.json", msg)
+            return msg
+        summary.update(load_seconds=seconds["load_model"], model_load_seconds=seconds["load_model"],
+                       model_cached=cached)
+        seconds["total"] = round(time.monotonic() - job.received, 3)
+        manifests = [str(Path(c["out"]) / "manifest.json") for c in summary.get("clips", [])]
+        msg = protocol.result(job.id, job.kind, manifests, summary["out"], summary, seconds, reply_to=job.reply_to)
+        _write_json(job.job_dir / "result.json", msg)
+        log.info("job %s done in %.2f s (pipeline %.2f s, model %s)", job.id, seconds["total"], seconds["pipeline"],
+                 "cached" if cached else f"loaded in {load_s:.2f} s")
+        return msg
+
+    def _listener(self, job: Job, t_start: float):
+        last = [0.0]
+
+        def listener(info: dict) -> None:
+            job.stage, job.step, job.total = info.get("stage", "denoise"), int(info["step"]), int(info["total"])
+            now = time.monotonic()
+            if job.step <= 1 or job.step >= job.total or now - last[0] >= self.progress_interval:
+                last[0] = now
+                self.send(protocol.progress(job.id, "denoise", job.step, job.total, chunk=info.get("chunk"),
+                                            eta_s=info.get("eta_s"), elapsed_s=now - t_start))
+        return listener
