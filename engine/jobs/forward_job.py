@@ -110,8 +110,8 @@ def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, ren
                                                        for k, v in asdict(settings).items()},
                                                     "key": key, "seed": seed, "hdri": str(hdri.resolve())},
                                           source=f"{clip.source}#{clip.name}")}
-    if clip.cameras:
-        base["camera"] = [{"matrix_world": m} for m in clip.cameras]
+    if clip.camera_entries:  # the relit set keeps the source set's cameras (complete manifest entries)
+        base["camera"] = clip.camera_entries
     try:
         writer = GBufferSetWriter(out, base, overwrite=settings.overwrite)
     except ValueError as exc:

@@ -35,6 +35,7 @@ class GBufferClip:
     inputs: dict                              # {pass: (F, H, W, 3) float32 in [0, 1]} model encodings
     cameras: Optional[list] = None            # per-frame 4×4 camera matrix_world (Blender, Z-up) or None
     warnings: list = field(default_factory=list)
+    camera_entries: Optional[list] = None     # the set's full manifest camera entries (lens, sensor …), if any
 
     @property
     def size(self) -> tuple[int, int]:
@@ -65,7 +66,8 @@ def _from_set(folder: Path) -> GBufferClip:
     cams = gset.manifest.camera or None
     cameras = [c.get("matrix_world") for c in cams] if cams and all(c.get("matrix_world") for c in cams) else None
     clip = GBufferClip(folder.name, str(folder), "gbuffer-set", list(gset.frame_numbers), float(gset.fps),
-                       {p: np.asarray(v, np.float32) for p, v in inputs.items()}, cameras, list(gset.warnings))
+                       {p: np.asarray(v, np.float32) for p, v in inputs.items()}, cameras, list(gset.warnings),
+                       [dict(c) for c in cams] if cams else None)
     _check_complete(clip.inputs, str(folder))
     return clip
 

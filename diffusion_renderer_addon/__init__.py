@@ -1,0 +1,54 @@
+"""DiffusionRenderer for Blender: neural inverse/forward rendering through a local engine subprocess.
+
+The add-on is bpy + stdlib only; torch runs in the engine (``engine/``, started by ``client/``). Importing
+this package does not import bpy (the client is usable from plain Python); ``register()`` does.
+Metadata lives in ``blender_manifest.toml`` (extension); ``bl_info`` is for legacy installs only.
+"""
+bl_info = {
+    "name": "DiffusionRenderer",
+    "author": "DiffusionRenderer for Blender contributors",
+    "version": (0, 1, 0),
+    "blender": (4, 2, 0),
+    "location": "Properties › Render › Neural Render; 3D Viewport › Sidebar › Neural Render",
+    "description": "Neural inverse and forward rendering with video diffusion models",
+    "category": "Render",
+}
+
+_REGISTERED: list = []
+
+
+def _modules():
+    from . import operators, panels, preferences, properties
+    return properties, preferences, operators, panels
+
+
+def register() -> None:
+    import bpy
+
+    from .client import timer
+
+    properties, preferences, operators, panels = _modules()
+    for cls in (*properties.classes, *preferences.classes, *operators.classes, *panels.classes):
+        bpy.utils.register_class(cls)
+        _REGISTERED.append(cls)
+    properties.register_props()
+    timer.register()
+
+
+def unregister() -> None:
+    import bpy
+
+    from .client import shutdown_all, timer
+
+    timer.unregister()
+    try:
+        shutdown_all()
+    finally:
+        properties = _modules()[0]
+        properties.unregister_props()
+        while _REGISTERED:
+            cls = _REGISTERED.pop()
+            try:
+                bpy.utils.unregister_class(cls)
+            except RuntimeError:
+                pass

@@ -1,0 +1,47 @@
+"""Sequencer strips for imported results (4.2 ``sequences`` / 5.x ``strips``, via :mod:`..compat`).
+
+* :func:`add_image_sequence_strip` — an image strip over a pass's frame files (``new_image`` with the
+  first file, then ``elements.append`` per further frame), starting at the first frame number, colour
+  space set from the pass encoding (relit EXRs: ``Linear Rec.709``).
+* :func:`add_movie_strip` — a movie strip for an mp4 (``new_movie``).
+Each goes on the first channel that is free over its frame range.
+"""
+from __future__ import annotations
+
+from .. import compat
+from .sequences import PassSequence, colorspace_for
+
+__all__ = ["add_image_sequence_strip", "add_movie_strip", "free_channel"]
+
+
+def free_channel(scene, start: int, end: int) -> int:
+    ed = scene.sequence_editor
+    used = set()
+    if ed is not None:
+        for s in compat.vse_strips(ed):
+            if s.frame_final_start < end and s.frame_final_end > start:
+                used.add(s.channel)
+    ch = 1
+    while ch in used:
+        ch += 1
+    return ch
+
+
+def add_image_sequence_strip(scene, name: str, seq: PassSequence, *, channel: int | None = None):
+    ed = scene.sequence_editor or scene.sequence_editor_create()
+    first = seq.frame_numbers[0]
+    if channel is None:
+        channel = free_channel(scene, first, first + len(seq.files))
+    strip = compat.vse_new_image(ed, name, str(seq.files[0]), channel, first)
+    for f in seq.files[1:]:
+        strip.elements.append(f.name)
+    if hasattr(strip, "colorspace_settings"):
+        strip.colorspace_settings.name = colorspace_for(seq.encoding)
+    return strip
+
+
+def add_movie_strip(scene, name: str, path: str, *, frame_start: int = 1, channel: int | None = None):
+    ed = scene.sequence_editor or scene.sequence_editor_create()
+    if channel is None:
+        channel = free_channel(scene, frame_start, frame_start + 10 ** 6)
+    return compat.vse_new_movie(ed, name, str(path), channel, frame_start)

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Stage and build the Blender extension zip (stdlib only; run by bin/build-extension).
+
+An extension's Python package IS the zip root, so the repository cannot be built as it is. This stages
+a folder with:
+
+    __init__.py, client/, export/, …     the add-on package (diffusion_renderer_addon/ content)
+    blender_manifest.toml                 from the repository root
+    engine/                               a copy of the engine (what the add-on starts as a subprocess)
+    bin/_bootstrap.py, pyproject.toml,    what "Set up engine" needs to create the engine's environment
+    README.md, LICENSE*
+
+then runs Blender's own extension tool (``blender_ext.py`` from the ``bpy`` wheel, the same code as
+``blender -c extension build``) to build ``dist/diffusion_renderer-<version>.zip`` and ``validate`` it.
+
+    python tools/build_extension.py [--blender-ext PATH] [--python PY] [--out-dir DIST] [--keep-stage]
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ADDON = REPO / "diffusion_renderer_addon"
+IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", "*.egg-info")
+EXTRA_FILES = ("pyproject.toml", "README.md", "LICENSE", "LICENSE.txt", "NOTICE")
+
+
+class BuildError(Exception):
+    pass
+
+
+def find_blender_ext(python: str | None) -> tuple[str, str]:
+    """(python, blender_ext.py) from an explicit interpreter or DR_BLENDER_VENV / .venv-blender / /tmp/bpy50."""
+    candidates = []
+    if python:
+        candidates.append(python)
+    for venv in (os.environ.get("DR_BLENDER_VENV"), str(REPO / ".venv-blender"), "/tmp/bpy50", "/tmp/bpy42"):
+        if venv:
+            candidates.append(os.path.join(venv, "bin", "python"))
+    for py in candidates:
+        if not py or not os.path.isfile(py):
+            continue
+        venv = Path(py).resolve().parent.parent if not Path(py).parent.name == "bin" else Path(py).parent.parent
+        hits = sorted(glob.glob(str(venv / "lib" / "python3*" / "site-packages" / "bpy" / "*" / "scripts" /
+                                    "addons_core" / "bl_pkg" / "cli" / "blender_ext.py")))
+        if hits:
+            return py, hits[-1]
+    raise BuildError("Blender's extension tool (bpy/<ver>/scripts/addons_core/bl_pkg/cli/blender_ext.py) was not "
+                     "found: create a venv with `pip install bpy` (e.g. bin/test-blender makes .venv-blender) or "
+                     "set DR_BLENDER_VENV=/path/to/venv")
+
+
+def manifest() -> dict:
+    path = REPO / "blender_manifest.toml"
+    if not path.is_file():
+        raise BuildError(f"{path} is missing")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise BuildError(f"{path}: {exc}") from None
+
+
+def stage(dest: Path) -> Path:
+    """Fill ``dest`` with the extension's content; returns it."""
+    if not (ADDON / "__init__.py").is_file():
+        raise BuildError(f"{ADDON / '__init__.py'} is missing")
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in ADDON.iterdir():
+        if item.name in ("__pycache__",) or item.suffix in (".pyc", ".zip"):
+            continue
+        target = dest / item.name
+        if item.is_dir():
+            shutil.copytree(item, target, ignore=IGNORE)
+        else:
+            shutil.copy2(item, target)
+    if (dest / "engine").exists():
+        raise BuildError("diffusion_renderer_addon/ has an engine/ entry; it would clash with the bundled engine")
+    shutil.copytree(REPO / "engine", dest / "engine", ignore=IGNORE)
+    (dest / "bin").mkdir(exist_ok=True)
+    shutil.copy2(REPO / "bin" / "_bootstrap.py", dest / "bin" / "_bootstrap.py")
+    for name in EXTRA_FILES:
+        if (REPO / name).is_file():
+            shutil.copy2(REPO / name, dest / name)
+    shutil.copy2(REPO / "blender_manifest.toml", dest / "blender_manifest.toml")
+    return dest
+
+
+def run_tool(python: str, tool: str, *args: str) -> str:
+    proc = subprocess.run([python, tool, *args], capture_output=True, text=True)
+    out = (proc.stdout + proc.stderr).strip()
+    bad = [ln for ln in out.splitlines() if ln.strip().lower().startswith("error")]
+    if proc.returncode != 0 or bad:
+        raise BuildError(f"blender_ext.py {args[0]} failed (exit {proc.returncode}):\n{out}")
+    return out
+
+
+def build(out_dir: Path, python: str | None = None, keep_stage: bool = False) -> Path:
+    meta = manifest()
+    py, tool = find_blender_ext(python)
+    zip_path = out_dir / f"{meta['id']}-{meta['version']}.zip"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="dr-ext-stage-"))
+    try:
+        src = stage(tmp / meta["id"])
+        if zip_path.exists():
+            zip_path.unlink()
+        print(f"[build-extension] staged {src}", file=sys.stderr)
+        print(run_tool(py, tool, "build", "--source-dir", str(src), "--output-filepath", str(zip_path)))
+        if not zip_path.is_file():
+            raise BuildError(f"the build reported success but {zip_path} was not written")
+        print(run_tool(py, tool, "validate", str(zip_path)))
+    finally:
+        if keep_stage:
+            print(f"[build-extension] stage kept at {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"[build-extension] built and validated {zip_path} (tool: {tool})", file=sys.stderr)
+    return zip_path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--python", help="interpreter of a venv holding the bpy wheel")
+    ap.add_argument("--out-dir", default=str(REPO / "dist"))
+    ap.add_argument("--keep-stage", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        zip_path = build(Path(args.out_dir).resolve(), args.python, args.keep_stage)
+    except BuildError as exc:
+        print(f"build-extension: error: {exc}", file=sys.stderr)
+        return 1
+    print(zip_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
