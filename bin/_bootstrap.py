@@ -99,6 +99,15 @@ def torch_selection() -> tuple[list[str], str]:
         f"torch=={TORCH_VERSION}+cpu from {CPU_INDEX} (no NVIDIA GPU)"
 
 
+def run_pip(cmd: list[str]) -> int:
+    """Run pip, passing its messages through except the noise of unreachable local index folders."""
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if not (line.startswith("WARNING: Location 'file:") and "is ignored" in line):
+            sys.stderr.write(line)
+    return proc.wait()
+
+
 def venv_dir() -> Path:
     return Path(os.environ.get("DR_VENV") or REPO / ".venv")
 
@@ -143,7 +152,7 @@ def ensure(extras: list[str]) -> Path:
         log(f"installing {torch_desc} and the engine's dependencies")
         cmd = [str(venv_python(venv)), "-m", "pip", "install", "--disable-pip-version-check", "-q",
                *torch_args, "-e", target]
-        if subprocess.run(cmd).returncode != 0:
+        if run_pip(cmd) != 0:
             sys.exit(f"error: installing the engine environment failed (command: {' '.join(cmd)}). "
                      f"Fix the cause above, or delete {venv} and retry; DR_TORCH / DR_TORCH_INDEX_URL "
                      "select another torch build")
