@@ -11,7 +11,8 @@
 from .aov_injection import choose_aov_names, inject_materials
 from .env_export import EnvExportError, describe_world_lighting, export_environment, render_world_equirect
 from .footage_export import FootageExportError, export_footage
-from .gbuffer_export import PASSES, BackgroundExport, ExportError, export_gbuffers, start_export_gbuffers
+from .background_export import BackgroundExport, start_export_gbuffers
+from .gbuffer_export import PASSES, ExportError, export_gbuffers
 
 __all__ = ["PASSES", "ExportError", "export_gbuffers", "start_export_gbuffers", "BackgroundExport", "choose_aov_names", "inject_materials",
            "EnvExportError", "describe_world_lighting", "export_environment", "render_world_equirect",
