@@ -14,7 +14,7 @@ import bpy
 
 
 
-from .set_writer import PASSES, ExportError, frame_numbers_for
+from .set_writer import check_request, ExportError
 
 
 class BackgroundExport:
@@ -142,13 +142,7 @@ def start_export_gbuffers(scene, out_dir, *, frame_range=None, resolution=None, 
     if not (binary and os.path.isfile(binary) and os.access(binary, os.X_OK)):
         raise ExportError(f"no Blender executable to export in the background (binary_path {binary!r}); "
                           "export in this process instead (background=False)")
-    passes = list(PASSES if passes is None else passes)
-    unknown = [p for p in passes if p not in PASSES]
-    if unknown:
-        raise ExportError(f"unknown pass(es) {unknown}; known: {', '.join(PASSES)}")
-    if scene.camera is None:
-        raise ExportError(f"scene {scene.name!r} has no active camera; set one (Scene properties → Camera)")
-    frames = frame_numbers_for(scene, frame_range)
+    passes, frames = check_request(scene, passes, frame_range)
     out_dir = Path(out_dir).resolve()
     vl = _gbx()._pick_view_layer(scene, view_layer)
     tmp_dir = Path(tempfile.mkdtemp(prefix="dr_gbuffer_bg_"))

@@ -64,7 +64,7 @@ from .restore import ChangeLog
 
 __all__ = ["PASSES", "ExportError", "export_gbuffers", "start_export_gbuffers", "frame_numbers_for", "camera_entry"]
 
-from .set_writer import (ExportError, FORMAT, MANIFEST, PASSES, VERSION, camera_entry, frame_numbers_for, _DepthRange,
+from .set_writer import (check_request, ExportError, FORMAT, MANIFEST, PASSES, VERSION, camera_entry, frame_numbers_for, _DepthRange,
                          _SetWriter, _dump_json, _find, _split_frame, _utc_now)
 
 
@@ -155,13 +155,7 @@ def export_gbuffers(scene, out_dir, *, frame_range=None, resolution=None, sample
     (default: the open .blend file; unsaved files have none).
     Raises :class:`ExportError`; the scene is restored in every case."""
     out_dir = Path(out_dir).resolve()
-    passes = list(PASSES if passes is None else passes)
-    unknown = [p for p in passes if p not in PASSES]
-    if unknown:
-        raise ExportError(f"unknown pass(es) {unknown}; known: {', '.join(PASSES)}")
-    if scene.camera is None:
-        raise ExportError(f"scene {scene.name!r} has no active camera; set one (Scene properties → Camera)")
-    frames = frame_numbers_for(scene, frame_range)
+    passes, frames = check_request(scene, passes, frame_range)
     binary = bpy.app.binary_path if blender_binary is None else blender_binary
     can_bg = bool(binary) and os.path.isfile(binary) and os.access(binary, os.X_OK)
     if background is None:

@@ -298,3 +298,14 @@ def _split_frame(chans: dict, vl_name: str, aov_names: dict, r_wc, passes, width
 
 
 # ------------------------------------------------------------------------------------------ set-up
+
+
+def check_request(scene, passes, frame_range) -> tuple[list, list]:
+    """Validate an export request: (passes, frame numbers), or :class:`ExportError` naming the fix."""
+    passes = list(PASSES if passes is None else passes)
+    unknown = [p for p in passes if p not in PASSES]
+    if unknown:
+        raise ExportError(f"unknown pass(es) {unknown}; known: {', '.join(PASSES)}")
+    if scene.camera is None:
+        raise ExportError(f"scene {scene.name!r} has no active camera; set one (Scene properties → Camera)")
+    return passes, frame_numbers_for(scene, frame_range)
