@@ -52,6 +52,19 @@ EXPECTED = {  # (basecolor, roughness, metallic, depth range (lo, hi)) per surfa
 }
 
 
+def _empty_material(name):
+    """A node material holding only its Material Output."""
+    mat = bpy.data.materials.new(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        mat.use_nodes = True
+    nt = mat.node_tree
+    for n in list(nt.nodes):
+        if n.bl_idname != "ShaderNodeOutputMaterial":
+            nt.nodes.remove(n)
+    return mat, nt
+
+
 def reset():
     bpy.ops.wm.read_factory_settings(use_empty=True)
 
@@ -104,14 +117,7 @@ def _group_material(name, base, rough, metal):
     p.inputs["Metallic"].default_value = metal
     g.links.new(gi.outputs[0], p.inputs["Base Color"])
     g.links.new(p.outputs[0], go.inputs[0])
-    mat = bpy.data.materials.new(name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mat.use_nodes = True
-    nt = mat.node_tree
-    for n in list(nt.nodes):
-        if n.bl_idname != "ShaderNodeOutputMaterial":
-            nt.nodes.remove(n)
+    mat, nt = _empty_material(name)
     gn = nt.nodes.new("ShaderNodeGroup")
     gn.node_tree = g
     gn.inputs[0].default_value = (*base, 1.0)
@@ -121,14 +127,7 @@ def _group_material(name, base, rough, metal):
 
 
 def _diffuse_material(name, colour):
-    mat = bpy.data.materials.new(name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mat.use_nodes = True
-    nt = mat.node_tree
-    for n in list(nt.nodes):
-        if n.bl_idname != "ShaderNodeOutputMaterial":
-            nt.nodes.remove(n)
+    mat, nt = _empty_material(name)
     d = nt.nodes.new("ShaderNodeBsdfDiffuse")
     d.inputs["Color"].default_value = (*colour, 1.0)
     out = next(n for n in nt.nodes if n.bl_idname == "ShaderNodeOutputMaterial")
@@ -412,14 +411,7 @@ def build_plane_scene(material=None, *, size=16):
 
 def new_material(name):
     """A node material with only its Material Output."""
-    mat = bpy.data.materials.new(name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mat.use_nodes = True
-    nt = mat.node_tree
-    for n in list(nt.nodes):
-        if n.bl_idname != "ShaderNodeOutputMaterial":
-            nt.nodes.remove(n)
+    mat, nt = _empty_material(name)
     return mat, nt, next(n for n in nt.nodes if n.bl_idname == "ShaderNodeOutputMaterial")
 
 
