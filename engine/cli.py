@@ -37,6 +37,10 @@ def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0; -1 for a random seed)")
     p.add_argument("--decode-chunk", type=int, default=8, help="frames per VAE decode call (default 8)")
     p.add_argument("--decode-overlap", type=int, default=2, help="frames cross-faded between decode calls (2)")
+    p.add_argument("--memory", default="default", choices=["default", "low-vram", "minimal"],
+                   help="GPU memory mode: low-vram offloads idle models and chunks the UNet's feed-forward "
+                        "(≈ 5 GB at 512², 24 frames); minimal streams weights layer by layer (slow); "
+                        "see docs/PERFORMANCE.md")
     p.add_argument("--windows-per-segment", type=int, default=4,
                    help="windows fused together per resumable segment (default 4)")
     p.add_argument("--overwrite", action="store_true", help="replace a different set already in --out")
@@ -103,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="print versions, devices and locally available models as JSON")
 
+    from engine.perf.bench_cli import add_bench_arguments, add_estimate_arguments
+
+    add_bench_arguments(sub.add_parser("bench", help="speed, memory and FLOPs on random-weight models against the "
+                                                     "reference's call pattern (docs/PERFORMANCE.md)"))
+    add_estimate_arguments(sub.add_parser("estimate", help="predict a job's time and peak GPU memory from its size"))
+
     from engine.server.serve import add_serve_arguments
 
     add_serve_arguments(sub.add_parser("serve", help="run as the Blender add-on's engine: JSON lines on stdin/stdout "
@@ -158,7 +168,7 @@ def cmd_inverse(args) -> int:
             passes=passes, model=args.model, revision=args.revision, frames=args.frames, overlap=args.overlap,
             steps=args.steps, resolution=parse_resolution(args.resolution), seed=None if args.seed == -1 else args.seed,
             device=args.device, dtype=args.dtype, decode_chunk=args.decode_chunk, decode_overlap=args.decode_overlap,
-            blend=args.blend, frame_range=_frame_range(args.frame_range), fps=args.fps, overwrite=args.overwrite,
+            memory=args.memory, blend=args.blend, frame_range=_frame_range(args.frame_range), fps=args.fps, overwrite=args.overwrite,
             windows_per_segment=args.windows_per_segment,
             previews=not args.no_previews)
         if not args.input.exists():
@@ -185,7 +195,7 @@ def cmd_forward(args) -> int:
             env_resolution=(env_res[1], env_res[0]), frames=args.frames, overlap=args.overlap, steps=args.steps,
             resolution=parse_resolution(args.resolution), seed=None if args.seed == -1 else args.seed,
             device=args.device, dtype=args.dtype, decode_chunk=args.decode_chunk, decode_overlap=args.decode_overlap,
-            blend=args.blend, overwrite=args.overwrite, previews=not args.no_previews,
+            memory=args.memory, blend=args.blend, overwrite=args.overwrite, previews=not args.no_previews,
             windows_per_segment=args.windows_per_segment)
         if args.guidance < 1.0:
             raise UserError("--guidance must be at least 1.0")
@@ -231,6 +241,9 @@ def cmd_info(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from engine.perf.cpu_tuning import tune_malloc
+
+    tune_malloc()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"inverse": cmd_inverse, "forward": cmd_forward, "seams": cmd_seams, "conformance": cmd_conformance, "info": cmd_info}
@@ -239,6 +252,10 @@ def main(argv=None) -> int:
             from engine.server.serve import main as serve_main
 
             return serve_main(args)
+        if args.command in ("bench", "estimate"):
+            from engine.perf import bench_cli
+
+            return getattr(bench_cli, f"cmd_{args.command}")(args)
         if args.command == "download":
             from engine.hub import run_download
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 
-PROTOCOL_VERSION = (1, 0)
+PROTOCOL_VERSION = (1, 1)   # 1.1: "estimate" request/reply, "memory" job parameter
 VERSION = f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
 MAX_LINE_BYTES = 1 << 20          # one message, UTF-8, without the newline
 TO_ENGINE, TO_CLIENT = "to_engine", "to_client"
@@ -38,6 +38,7 @@ PASSES = ("basecolor", "metallic", "roughness", "normal", "depth", "diffuse_albe
 DEFAULT_PASSES = ["basecolor", "metallic", "roughness", "normal", "depth"]
 JOB_KINDS = ("inverse", "forward")
 PROGRESS_STAGES = ("load_model", "denoise")
+MEMORY_MODES = ("default", "low-vram", "minimal")
 
 
 class ProtocolError(ValueError):
@@ -118,6 +119,10 @@ MESSAGES: dict = {
                    "job_dir": Field("str", True, doc="absolute folder the engine may write into for this job"),
                    "params": Field("obj", True, doc="the job's settings (tables INVERSE_PARAMS / FORWARD_PARAMS)")},
         "cancel": {"id": _ID, "job": _JOB},
+        "estimate": {"id": _ID, "kind": Field("str", True, choices=JOB_KINDS),
+                     "size": Field("obj", True, doc="{width, height, frames, passes (inverse) | lights (forward)}"),
+                     "params": Field("obj", doc="the job's params as in submit (steps, frames, memory ...); "
+                                                "inputs may be left out")},
         "status": {"id": _ID},
         "unload": {"id": _ID},
         "shutdown": {"id": _ID},
@@ -146,6 +151,10 @@ MESSAGES: dict = {
         "error": {"reply_to": _REPLY, "code": Field("str", True, choices=tuple(ERROR_CODES)),
                   "message": Field("str", True), "hint": Field("str|null"), "job": Field("str|null"),
                   "problems": Field("list[str]"), "step": Field("int|null"), "log_file": Field("str|null")},
+        "estimate": {"reply_to": _REPLY, "kind": Field("str", True, choices=JOB_KINDS),
+                     "seconds": Field("num", True), "peak_memory_gb": Field("num", True),
+                     "device_memory_gb": Field("num|null"), "fits": Field("bool|null"),
+                     "unet_evals": Field("int"), "detail": Field("obj")},
         "status": {"reply_to": _REPLY, "running": Field("obj|null", True), "queued": Field("list[str]", True),
                    "loaded_models": Field("list[obj]", True)},
     },
@@ -164,6 +173,7 @@ _SAMPLING = {
     "overwrite": Field("bool"), "previews": Field("bool", doc="PNG previews and mp4 (true)"),
     "model": Field("str", doc="published name or checkpoint folder"), "revision": Field("str|null"),
     "device": Field("str", doc="auto, cpu, cuda, cuda:1 ..."), "dtype": Field("str", choices=("auto", "fp32", "fp16", "bf16")),
+    "memory": Field("str", choices=MEMORY_MODES, doc="GPU memory mode (default; low-vram; minimal)"),
     "allow_download": Field("bool", doc="download missing published weights (true)"),
 }
 INVERSE_PARAMS = {
@@ -260,6 +270,12 @@ def _classify(msg, direction: str) -> tuple:
         problems.append("field 'job': must be 1 to 128 characters")
     if mtype == "submit" and direction == TO_ENGINE and not problems:
         problems += _params_problems(msg["kind"], msg["params"])
+    if mtype == "estimate" and direction == TO_ENGINE and not problems:
+        size = msg["size"]
+        problems += [p for k in ("width", "height", "frames", "passes", "lights") if k in size or k in ("width",
+                     "height", "frames") for p in _check_field(f"size.{k}", size.get(k), Field("int", minimum=1))]
+        params = {k: v for k, v in msg.get("params", {}).items() if k not in ("input", "gbuffers", "hdri")}
+        problems += [p for p in _params_problems(msg["kind"], params) if "required" not in p]
     return "invalid_params", problems
 
 
@@ -367,6 +383,10 @@ def cancel(job: str, id=None) -> dict:
     return _msg("cancel", id=id, job=job)
 
 
+def estimate(kind: str, size: dict, params: dict | None = None, id=None) -> dict:
+    return _msg("estimate", id=id, kind=kind, size=size, params=params or {})
+
+
 def status(id=None) -> dict:
     return _msg("status", id=id)
 
@@ -403,6 +423,12 @@ def error(code: str, message: str, hint: str | None = None, *, job=None, reply_t
           step=None, log_file=None) -> dict:
     return _msg("error", reply_to=reply_to, code=code, message=message, hint=hint, job=job, problems=problems,
                 step=step, log_file=log_file)
+
+
+def estimate_reply(kind: str, est: dict, reply_to=None) -> dict:
+    return _msg("estimate", reply_to=reply_to, kind=kind, seconds=est["seconds"],
+                peak_memory_gb=est["peak_memory_gb"], device_memory_gb=est.get("device_memory_gb"),
+                fits=est.get("fits"), unet_evals=est.get("unet_evals"), detail=est)
 
 
 def status_reply(running: dict | None, queued: list, loaded_models: list, reply_to=None) -> dict:

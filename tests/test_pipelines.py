@@ -110,11 +110,11 @@ def test_forward_lights_list_fixed_frame_and_rotation(fwd, gbuffers):
     both = fwd(gbuffers, [static, rotating], num_inference_steps=1)
     single = fwd(gbuffers, rotating, num_inference_steps=1)
     assert isinstance(both, list) and len(both) == 2
-    np.testing.assert_allclose(both[1], single, atol=2e-5)
-    assert np.abs(both[0] - both[1]).max() > 1e-4
+    np.testing.assert_allclose(both[1], single, atol=1e-4)   # the lights share one UNet batch: rounding only
+    assert np.abs(both[0] - both[1]).max() > 1e-2
     fixed = fwd(gbuffers, static, num_inference_steps=1, fixed_frame=1)
     replicated = fwd({k: np.repeat(v[1:2], F, 0) for k, v in gbuffers.items()}, static, num_inference_steps=1)
-    np.testing.assert_allclose(fixed, replicated, atol=2e-5)
+    np.testing.assert_allclose(fixed, replicated, atol=1e-4)  # other VAE batch compositions: rounding only
 
 
 def test_forward_input_errors(fwd, gbuffers):

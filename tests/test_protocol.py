@@ -29,8 +29,11 @@ def test_protocol_module_is_stdlib_only():
 def test_version_and_pass_list_match_the_engine():
     from engine.pipelines import PASS_INDEX
 
-    assert P.PROTOCOL_VERSION == (1, 0) and P.VERSION == "1.0"
+    from engine.perf.memory import MEMORY_MODES
+
+    assert P.PROTOCOL_VERSION == (1, 1) and P.VERSION == "1.1"
     assert list(P.PASSES) == list(PASS_INDEX)
+    assert P.MEMORY_MODES == MEMORY_MODES
 
 
 @pytest.mark.parametrize("msg", [

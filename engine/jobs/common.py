@@ -35,6 +35,7 @@ class JobSettings:
     dtype: str = "auto"
     decode_chunk: int = 8
     decode_overlap: int = 2
+    memory: str = "default"     # default | low-vram | minimal (engine/perf/memory.py)
     blend: str = "latent"
     windows_per_segment: int = 4
     overwrite: bool = False
@@ -185,11 +186,25 @@ def load_renderer(kind: str, settings) -> tuple[object, float]:
     """Load the inverse/forward renderer a job's settings ask for; returns (renderer, seconds)."""
     from engine.pipelines import ForwardRenderer, InverseRenderer
 
+    from engine.perf.memory import apply_memory_mode
+
     cls = InverseRenderer if kind == "inverse" else ForwardRenderer
     t0 = time.monotonic()
     renderer = cls.from_pretrained(settings.model, revision=settings.revision, device=settings.device,
                                    dtype=settings.dtype, allow_download=True)
+    apply_memory_mode(renderer.c, settings.memory)
     return renderer, time.monotonic() - t0
+
+
+def decode_settings(settings) -> tuple[int, int]:
+    """(decode_chunk, decode_overlap) of a job: its own, capped by its memory mode's."""
+    from engine.perf.memory import memory_plan
+
+    plan = memory_plan(settings.memory)
+    chunk = min(settings.decode_chunk, plan.decode_chunk) if plan.decode_chunk else settings.decode_chunk
+    overlap = settings.decode_overlap if plan.decode_overlap is None else min(settings.decode_overlap,
+                                                                              plan.decode_overlap)
+    return chunk, min(overlap, max(0, chunk - 1))
 
 
 def job_summary(kind: str, input_path, out, t0: float, load_seconds: float, results) -> dict:

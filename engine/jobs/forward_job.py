@@ -10,7 +10,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from engine.jobs.common import (JobError, JobSettings, Progress, ResumeCache, check_writable, cover_resolution,
-                               file_identity, job_summary, load_renderer, resize_frames, settings_key)
+                               decode_settings, file_identity, job_summary, load_renderer, resize_frames, settings_key)
 from engine.jobs.gbuffer_inputs import GBufferInputError, load_gbuffer_clips
 from engine.jobs.inverse_job import (
     ClipResult,
@@ -88,6 +88,7 @@ def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, ren
     progress = Progress(denoise_calls(segments, settings), f"forward {clip.name} × {hdri.stem}", listener,
                         show_progress)
     computed = []
+    dec_chunk, dec_overlap = decode_settings(settings)
 
     def compute(k, s, e):
         if settings.fixed_frame is not None:
@@ -98,7 +99,7 @@ def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, ren
         video = renderer(gb, {"env_ldr": env_ldr[s:e], "env_log": env_log[s:e]},
                          num_inference_steps=settings.steps, guidance_scale=settings.guidance,
                          lora_scale=settings.lora_scale, seed=None, noise=noise[:, s:e],
-                         decode_chunk_size=settings.decode_chunk, decode_overlap=settings.decode_overlap,
+                         decode_chunk_size=dec_chunk, decode_overlap=dec_overlap,
                          window=settings.frames, overlap=settings.overlap, blend=settings.blend,
                          should_cancel=should_cancel, callback=lambda i, *_: progress.step("denoise", k))
         computed.append(k)

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from engine.jobs.common import (JobError, JobSettings, Progress, ResumeCache, check_writable, cover_resolution,
-                               file_identity, job_summary, load_renderer, resize_frames, settings_key)
+                               decode_settings, file_identity, job_summary, load_renderer, resize_frames, settings_key)
 from engine.jobs.segments import noise_for, plan_segments, run_segments
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,15 @@ def denoise_calls(segments, settings) -> int:
     for s, e in segments:
         windows = len(plan_windows(e - s, settings.frames, settings.overlap))
         total += settings.steps * (windows if settings.blend != "latent" else 1)
-    return total
+    passes = getattr(settings, "passes", None)   # forward jobs have one UNet batch per step
+    return total * (len(range(0, len(passes), pass_batch(settings))) if passes else 1)
+
+
+def pass_batch(settings) -> int:
+    """Passes per UNet batch: all of them, or as the memory mode allows."""
+    from engine.perf.memory import memory_plan
+
+    return memory_plan(settings.memory).unet_items or len(settings.passes)
 
 
 def _model_identity(renderer) -> dict:
@@ -110,13 +118,14 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
         progress = Progress(denoise_calls(segments, settings), f"inverse {Path(clip_path).name}", listener,
                             show_progress)
         computed = []
+        dec_chunk, dec_overlap = decode_settings(settings)
 
         def compute(k, s, e):
             frames = resize_frames(clip.read_range(s, e), size)
             display = linear_to_srgb(frames) if clip.is_linear else np.clip(frames, 0.0, 1.0)
             out_ = renderer(display, settings.passes, num_inference_steps=settings.steps, seed=None,
-                            noise=noise[:, s:e], decode_chunk_size=settings.decode_chunk,
-                            decode_overlap=settings.decode_overlap, window=settings.frames,
+                            noise=noise[:, s:e], decode_chunk_size=dec_chunk,
+                            decode_overlap=dec_overlap, window=settings.frames, pass_batch=pass_batch(settings),
                             overlap=settings.overlap, blend=settings.blend, should_cancel=should_cancel,
                             callback=lambda i, *_: progress.step("denoise", k) if i >= 0 else None)
             computed.append(k)

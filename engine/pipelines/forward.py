@@ -5,7 +5,8 @@ order basecolor, normal, depth, roughness, metallic; env maps (LDR, log, directi
 ×scaling_factor, through the EnvEncoder into four token levels; classifier-free guidance with
 all-zero negatives (unconditional half first); LoRA applied unmerged with a per-call scale.
 Improvements that do not change the numbers: all G-buffers in one VAE call, static env maps
-encoded once, G-buffer latents reused across several lights.
+encoded once, G-buffer latents reused across several lights, several lights in one UNet batch, the
+negatives' zero-token cross-attention reduced to one token (:mod:`.zero_context`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from engine.pipelines.inverse import autocast_for, check_size
 from engine.pipelines.lighting import as_env_maps
 from engine.pipelines.vae_codec import decode_frames, encode_mean, to_frames_tensor, vae_scale_factor
 from engine.pipelines.windows import decode_clip, plan_windows, sample_clip
+from engine.pipelines.zero_context import install_zero_context_skip, zero_context_rows
 
 GBUFFER_ORDER = ("basecolor", "normal", "depth", "roughness", "metallic")
 
@@ -45,6 +47,7 @@ class ForwardRenderer:
         self.vae_factor = vae_scale_factor(self.vae)
         self.size_multiple = self.vae_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         self.scaling = self.vae.config.scaling_factor
+        install_zero_context_skip(self.unet)  # exact: the CFG negatives' zero env tokens
 
     @classmethod
     def from_pretrained(cls, path_or_name="forward", *, revision: Optional[str] = None, device=None, dtype=None,
@@ -112,28 +115,34 @@ class ForwardRenderer:
                  num_frames: Optional[int] = None, decode_chunk_size: int = 8, fps: int = 7,
                  motion_bucket_id: int = 127, cond_latents: Optional[torch.Tensor] = None,
                  window: Optional[int] = None, overlap: int = 0, blend: str = "latent", decode_overlap: int = 0,
-                 callback: Optional[sampling.StepCallback] = None, should_cancel=None, output: str = "np"):
+                 light_batch: Optional[int] = None, callback: Optional[sampling.StepCallback] = None,
+                 should_cancel=None, output: str = "np"):
         """Returns (F, H, W, 3) float32 in [0, 1]; a list of lights returns a list of videos.
 
+        Several lights are sampled together, ``light_batch`` at a time (default: all in one UNet batch;
+        each light starts from the same noise, so a light's video is what a call with it alone gives).
         ``window``/``overlap``/``blend``: long clips, see :mod:`engine.pipelines.windows`."""
         lights = light if isinstance(light, (list, tuple)) else [light]
         if cond_latents is None:
             cond_latents = self.encode_gbuffers(gbuffers, fixed_frame, num_frames)
         cond_latents = cond_latents.to(self.device)
+        f = cond_latents.shape[1]
+        plan = plan_windows(f, window or f, overlap if window and window < f else 0)
+        batch = max(1, int(light_batch or len(lights)))
         videos = []
-        for one in lights:
-            f = cond_latents.shape[1]
-            env_ldr, env_log = as_env_maps(one, f, env_resolution, device=self.device)
-            tokens = self.env_tokens(env_ldr, env_log)
-            plan = plan_windows(f, window or f, overlap if window and window < f else 0)
-            result = self.sample_clip(cond_latents, tokens, plan, blend, num_inference_steps=num_inference_steps,
-                                      guidance_scale=guidance_scale, lora_scale=lora_scale, seed=seed, noise=noise,
-                                      fps=fps, motion_bucket_id=motion_bucket_id, callback=callback,
+        for s in range(0, len(lights), batch):
+            group = lights[s:s + batch]
+            per_light = [self.env_tokens(*as_env_maps(one, f, env_resolution, device=self.device)) for one in group]
+            tokens = [torch.cat(level, 0) for level in zip(*per_light)]
+            result = self.sample_clip(cond_latents.expand(len(group), -1, -1, -1, -1), tokens, plan, blend,
+                                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                      lora_scale=lora_scale, seed=seed, noise=noise, fps=fps,
+                                      motion_bucket_id=motion_bucket_id, callback=callback,
                                       should_cancel=should_cancel)
             with autocast_for(self.device, self.dtype):
                 video = decode_clip(lambda lat: decode_frames(self.vae, lat, decode_chunk_size, decode_overlap),
-                                    result, plan, blend)[0]
-            videos.append(video if output == "pt" else video.cpu().numpy())
+                                    result, plan, blend)
+            videos.extend(v if output == "pt" else v.cpu().numpy() for v in video)
         return videos if isinstance(light, (list, tuple)) else videos[0]
 
     def sample(self, cond_latents: torch.Tensor, tokens: list[torch.Tensor], **kwargs) -> torch.Tensor:
@@ -145,8 +154,10 @@ class ForwardRenderer:
                     num_inference_steps: int = 20, guidance_scale: float = 1.2, lora_scale: float = 0.25,
                     seed: Optional[int] = 0, noise=None, fps: int = 7, motion_bucket_id: int = 127, callback=None,
                     should_cancel=None):
-        """Denoise a clip over the windows ``plan``; returns :func:`windows.sample_clip`'s result."""
-        _, f, _, h, w = cond_latents.shape
+        """Denoise a clip over the windows ``plan``; returns :func:`windows.sample_clip`'s result.
+
+        ``cond_latents`` (L, F, 20, h, w) and ``tokens`` (L, F, N, C) for L lights sampled together."""
+        n_lights, f, _, h, w = cond_latents.shape
         cfg = guidance_scale > 1.0
         if cfg:
             cond = torch.cat([torch.zeros_like(cond_latents), cond_latents])
@@ -161,18 +172,20 @@ class ForwardRenderer:
         scale = float(lora_scale) if self.has_lora else None
 
         def window_fn(scaled, t, s, e):
-            x = torch.cat([scaled] * batch) if cfg else scaled
+            x = torch.cat([scaled, scaled]) if cfg else scaled
             x = torch.cat([x, cond[:, s:e].to(x.dtype)], dim=2)
             with autocast_for(self.device, self.dtype):
                 if self.dtype != torch.float32:
                     x = x.to(unet_dtype)
-                out = self.unet(x, t, [h_[:, s:e] for h_ in ehs], time_ids, lora_scale=scale).float()
+                with zero_context_rows(0.5 if cfg else 0.0):
+                    out = self.unet(x, t, [h_[:, s:e] for h_ in ehs], time_ids, lora_scale=scale).float()
             if cfg:
                 u, c = out.chunk(2)
                 out = u + guidance_scale * (c - u)
             return out
 
         base = sampling.initial_noise((1, f, 4, h, w), seed, noise).to(self.device)
+        base = base.expand(n_lights, -1, -1, -1, -1).contiguous()
         # the reference switches the forward scheduler to "trailing" spacing (init sigma = sigma_max)
         return sample_clip(lambda: sampling.make_scheduler(self.c.scheduler_config, timestep_spacing="trailing"),
                            num_inference_steps, base, window_fn, plan, blend, callback=callback,

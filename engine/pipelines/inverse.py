@@ -17,6 +17,7 @@ from engine.pipelines import sampling
 from engine.pipelines.components import Components, load_components, resolve_checkpoint
 from engine.pipelines.vae_codec import decode_frames, encode_mean, to_frames_tensor, vae_scale_factor
 from engine.pipelines.windows import decode_clip, plan_windows, sample_clip
+from engine.pipelines.zero_context import install_zero_context_skip
 
 PASS_INDEX = {"basecolor": 0, "metallic": 1, "roughness": 2, "normal": 3, "depth": 4, "diffuse_albedo": 5}
 DEFAULT_PASSES = ("basecolor", "metallic", "roughness", "normal", "depth")
@@ -50,6 +51,7 @@ class InverseRenderer:
         self.vae_factor = vae_scale_factor(self.vae)
         n_down = len(self.unet.config.block_out_channels) - 1
         self.size_multiple = self.vae_factor * 2 ** n_down
+        install_zero_context_skip(self.unet)  # exact: one context token per pass
         self.vocab = self.unet.context_embedding.num_embeddings if getattr(self.unet, "context_embedding", None) is not None else 0
 
     @classmethod

@@ -11,6 +11,16 @@ def vae_scale_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+ENCODE_CHUNK = 4
+
+
+def execution_device(module) -> torch.device:
+    """Where ``module`` computes: its weights' device, or the device its offload hooks move it to
+    (engine.perf.memory sets ``_dr_execution_device``)."""
+    dev = getattr(module, "_dr_execution_device", None)
+    return torch.device(dev) if dev is not None else next(module.parameters()).device
+
+
 def to_frames_tensor(frames, name: str = "frames") -> torch.Tensor:
     """(F, H, W, C) array/tensor (uint8 or float in [0, 1]) → float32 (F, 3, H, W) in [0, 1].
 
@@ -45,14 +55,17 @@ def to_frames_tensor(frames, name: str = "frames") -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_mean(vae, images: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+def encode_mean(vae, images: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """images (N, 3, H, W) in [0, 1] → posterior mean latents (N, 4, h, w) in the VAE's dtype.
 
-    Encoded ``chunk`` images at a time (the encoder has no temporal layers, so chunking is exact)."""
+    Encoded ``chunk`` images at a time (default: the VAE's ``_dr_encode_chunk`` set by the memory mode,
+    else 4; the encoder has no temporal layers, so chunking is exact). At 512² one fp32 image needs
+    ≈ 0.6 GB of encoder activations."""
+    chunk = int(chunk or getattr(vae, "_dr_encode_chunk", ENCODE_CHUNK))
     param = next(vae.parameters())
     outs = []
     for s in range(0, images.shape[0], chunk):
-        x = images[s:s + chunk].to(device=param.device, dtype=param.dtype) * 2.0 - 1.0
+        x = images[s:s + chunk].to(device=execution_device(vae), dtype=param.dtype) * 2.0 - 1.0
         outs.append(vae.encode(x.contiguous()).latent_dist.mode())
     return torch.cat(outs, 0)
 
@@ -69,15 +82,15 @@ def decode_frames(vae, latents: torch.Tensor, decode_chunk_size: int = 8, overla
 
     b, f = latents.shape[:2]
     param = next(vae.parameters())
-    z = latents.to(device=param.device, dtype=param.dtype) / vae.config.scaling_factor
+    z = latents.to(device=execution_device(vae), dtype=param.dtype) / vae.config.scaling_factor
     chunk = max(1, int(decode_chunk_size or f))
     if overlap and f > chunk:
         plan = plan_windows(f, chunk, min(overlap, chunk - 1))
     else:
         plan = [(s, min(s + chunk, f)) for s in range(0, f, chunk)]
     out = []
-    for s, e in plan:
-        dec = vae.decode(z[:, s:e].flatten(0, 1), num_frames=e - s).sample  # (B·n, 3, H, W)
-        out.append(((dec.float() / 2 + 0.5).clamp(0, 1)).unflatten(0, (b, e - s)))
+    for s, e in plan:  # each clip of the batch on its own: the decoder's activations scale with frames per call
+        dec = torch.stack([vae.decode(z[i, s:e], num_frames=e - s).sample for i in range(b)])  # (B, n, 3, H, W)
+        out.append((dec.float() / 2 + 0.5).clamp(0, 1))
     video = torch.cat(out, 1) if not overlap or f <= chunk else blend(out, plan, window_weights(plan, f))
     return video.permute(0, 1, 3, 4, 2).contiguous()

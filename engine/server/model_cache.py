@@ -55,24 +55,26 @@ class ModelCache:
         self.needs_empty_cache = False   # an unload came while a job held its model
 
     @staticmethod
-    def key(kind: str, model: str, revision: str | None, device: str, dtype: str) -> tuple:
+    def key(kind: str, model: str, revision: str | None, device: str, dtype: str, memory: str = "default") -> tuple:
+        from engine.perf.memory import memory_plan
         from engine.pipelines.components import pick_device, pick_dtype
 
         dev = pick_device(device)
-        return (kind, _model_id(model), revision or None, str(dev), str(pick_dtype(dtype, dev)).replace("torch.", ""))
+        return (kind, _model_id(model), revision or None, str(dev), str(pick_dtype(dtype, dev)).replace("torch.", ""),
+                memory_plan(memory).mode)
 
     @staticmethod
     def describe(key: tuple) -> dict:
-        return dict(zip(("kind", "model", "revision", "device", "dtype"), key))
+        return dict(zip(("kind", "model", "revision", "device", "dtype", "memory"), key))
 
     def loaded(self) -> list[dict]:
         with self._lock:
             return [self.describe(k) for k in self._models]
 
-    def get(self, kind: str, model: str, revision: str | None, device: str, dtype: str, *,
+    def get(self, kind: str, model: str, revision: str | None, device: str, dtype: str, memory: str = "default", *,
             allow_download: bool = True, on_load: Callable[[], None] | None = None) -> tuple:
         """(renderer, load_seconds, cached). ``on_load()`` is called just before a real load."""
-        key = self.key(kind, model, revision, device, dtype)
+        key = self.key(kind, model, revision, device, dtype, memory)
         with self._lock:
             if key in self._models:
                 self._models.move_to_end(key)
@@ -91,6 +93,9 @@ class ModelCache:
         t0 = time.monotonic()
         renderer = cls.from_pretrained(model, revision=revision, device=key[3], dtype=key[4],
                                        allow_download=allow_download)
+        from engine.perf.memory import apply_memory_mode
+
+        apply_memory_mode(renderer.c, key[5])
         seconds = time.monotonic() - t0
         log.info("loaded %s in %.2f s", key, seconds)
         if self.max_models:

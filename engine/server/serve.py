@@ -235,6 +235,22 @@ class Server:
             self.send(protocol.error("cancelled", "job cancelled before it started", job=job.id,
                                      reply_to=job.reply_to))
 
+    def on_estimate(self, msg: dict) -> None:
+        """Predicted time and peak memory of a job (engine/perf/cost_model.py); traced on the meta device
+        in a thread of its own (≈ 1–5 s the first time for a size), so a running job is not held up."""
+        def run():
+            from engine.perf.job_estimate import estimate_job
+
+            try:
+                est = estimate_job(msg["kind"], msg["size"], msg.get("params"))
+            except Exception as exc:  # noqa: BLE001 - a bad size or setting, reported to the client
+                self.send(protocol.error("invalid_params", f"cannot estimate this job: {exc}",
+                                         HINTS["invalid_params"], reply_to=msg.get("id")))
+                return
+            self.send(protocol.estimate_reply(msg["kind"], est, reply_to=msg.get("id")))
+
+        threading.Thread(target=run, name="estimate", daemon=True).start()
+
     def on_status(self, msg: dict) -> None:
         with self.writer.lock:  # consistent with the job messages around it
             running, queued = self.worker.snapshot()

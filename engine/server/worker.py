@@ -72,7 +72,7 @@ def build_settings(job: Job):
     from engine.jobs.common import JobError, parse_resolution
 
     p = job.params
-    common = {k: p[k] for k in ("model", "revision", "frames", "overlap", "steps", "device", "dtype", "decode_chunk",
+    common = {k: p[k] for k in ("model", "revision", "frames", "overlap", "steps", "device", "dtype", "memory", "decode_chunk",
                                 "decode_overlap", "blend", "windows_per_segment", "overwrite", "previews") if k in p}
     if "resolution" in p:
         common["resolution"] = parse_resolution(p["resolution"])
@@ -125,8 +125,8 @@ def classify(exc: BaseException, log_file) -> tuple[str, str, str | None]:
                 "checkpoint folder")
     if isinstance(exc, MemoryError) or "out of memory" in text.lower():
         return ("out_of_memory", f"out of memory: {text.splitlines()[0][:300]}",
-                "lower the resolution, use fewer frames per chunk (params.frames) and a smaller decode_chunk, "
-                "use dtype fp16 (low-VRAM mode), or unload other models")
+                "use the low-VRAM memory mode (params.memory = 'low-vram', ≈ 5 GB at 512²), lower the resolution "
+                "or the frames per chunk (params.frames), or unload other models")
     if isinstance(exc, (JobError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError)) or \
             type(exc).__name__ in ("CheckpointMismatchError", "LoraLoadError", "UserError"):
         return "input_error", describe(exc), None
@@ -256,7 +256,7 @@ class Worker(threading.Thread):
                 self.send(protocol.progress(job.id, "load_model", 0, 0, elapsed_s=time.monotonic() - t_start))
 
             renderer, load_s, cached = self.cache.get(
-                job.kind, settings.model, settings.revision, settings.device, settings.dtype,
+                job.kind, settings.model, settings.revision, settings.device, settings.dtype, settings.memory,
                 allow_download=job.params.get("allow_download", True), on_load=on_load)
             seconds["load_model"] = round(load_s, 3)
             if job.cancel.is_set():

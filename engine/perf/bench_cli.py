@@ -1,0 +1,149 @@
+"""Command-line front end of ``diffusion-renderer bench`` (arguments, table, JSON)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from engine.perf.bench import DEFAULT_VARIANTS, VARIANTS
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT (e.g. 512x512), got {text!r}") from None
+    if w <= 0 or h <= 0:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
+    return w, h
+
+
+def _variants(text: str) -> tuple[str, ...]:
+    if text in ("", "none"):
+        return ()
+    if text == "all":
+        return VARIANTS
+    names = tuple(v.strip().replace("-", "_") for v in text.split(",") if v.strip())
+    bad = [v for v in names if v not in VARIANTS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown variant(s) {', '.join(bad)}; choose from {', '.join(VARIANTS)}, "
+                                         "'all' or 'none'")
+    return names
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tiny", action="store_true", help="tiny random models (seconds on a CPU) instead of the "
+                   "full-size published configurations")
+    p.add_argument("--resolution", type=_size, default=(512, 512), metavar="WxH", help="frame size (default 512x512)")
+    p.add_argument("--frames", type=int, default=24, help="frames per clip (default 24)")
+    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--env-resolution", type=_size, default=None, metavar="WxH",
+                   help="env-map size (default 512x512 full-size, the frame size with --tiny)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
+    p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per case after one warm-up (fastest reported)")
+    p.add_argument("--variants", type=_variants, default=DEFAULT_VARIANTS, metavar="LIST",
+                   help=f"extra cases: comma list of {', '.join(VARIANTS)}; 'all' or 'none' "
+                        f"(default {','.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference-pattern cases")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one extra 1-step call per case)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--out", default=None, help="also write the JSON report to this file")
+    p.add_argument("--save-profile", action="store_true", help="store the measured throughput for the cost model "
+                   "(`estimate`, the add-on's warnings); full-size runs only")
+
+
+def _fmt(v, nd=3):
+    return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+
+def format_table(r: dict) -> str:
+    head = ["case", "wall s", "cpu s", "envmap", "env enc", "vae enc", "unet", "decode", "UNet evals (items)",
+            "peak GB", "UNet TFLOP/s", "of peak"]
+    rows = [head]
+    for name, c in r["cases"].items():
+        st = c["stages"]
+        util = c.get("unet_utilisation")
+        rows.append([name, _fmt(c["wall_seconds"]), _fmt(c.get("cpu_seconds")), _fmt(st["envmap"]),
+                     _fmt(st["env_encode"]), _fmt(st["vae_encode"]), _fmt(st["unet"]), _fmt(st["decode"]),
+                     f"{c['unet_evals']} ({c['unet_batch_items']})", _fmt(c["peak_memory_gb"], 2),
+                     _fmt(c.get("unet_tflops_per_s"), 3), "-" if util is None else f"{100 * util:.0f} %"])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    w, h = r["resolution"]
+    title = (f"{r['size']} models, {w}x{h}, {r['frames']} frames, {r['steps']} steps, env {r['env_resolution'][0]}x"
+             f"{r['env_resolution'][1]} — {r['device_name']} ({r['device']}, {r['dtype']}, {r['threads']} threads); "
+             f"peak {r['peak_tflops']} TFLOP/s ({r['peak_source']}); attention: {', '.join(r['attention'])}")
+    summary = [f"{k}: {_fmt(r.get(k))}" for k in ("forward_over_inverse", "batched_speedup_5_passes",
+                                                 "reference_forward_over_inverse", "five_passes_over_one",
+                                                 "two_hdris_over_one")]
+    speed = ", ".join(f"{k} ×{_fmt(v, 2)}" for k, v in r.get("speedups", {}).items())
+    return "\n".join([title, "", *lines, "", *summary, f"speed-up over the reference pattern: {speed or '-'}"])
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from engine.atomic import atomic_write_text
+    from engine.perf.bench import run_bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in ("frames", "steps", "repeats"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"diffusion-renderer bench: --{name} must be at least 1")
+    if args.save_profile and args.tiny:
+        raise SystemExit("diffusion-renderer bench: --save-profile needs full-size models (drop --tiny)")
+    w, h = args.resolution
+    log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    report = run_bench(size="tiny" if args.tiny else "full", width=w, height=h, frames=args.frames, steps=args.steps,
+                       device=args.device, dtype=args.dtype, repeats=args.repeats, variants=args.variants,
+                       reference=not args.no_reference, flops=not args.no_flops,
+                       env_resolution=(args.env_resolution[1], args.env_resolution[0]) if args.env_resolution else None,
+                       log=log)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    if args.save_profile:
+        from engine.perf.cost_model import profile_from_bench, save_profile
+
+        log(f"throughput profile saved to {save_profile(profile_from_bench(report))}")
+    print(text if args.json else format_table(report))
+    return 0
+
+
+def add_estimate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("kind", choices=["inverse", "forward"])
+    p.add_argument("--size", type=_size, required=True, metavar="WxH", help="input clip size (e.g. 1920x1080)")
+    p.add_argument("--frames", type=int, required=True, help="frames in the clip")
+    p.add_argument("--passes", type=int, default=5, help="inverse passes (default 5)")
+    p.add_argument("--lights", type=int, default=1, help="forward HDRIs (default 1)")
+    p.add_argument("--resolution", default=None, metavar="WxH", help="processing size (default: cover 512)")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--window", type=int, default=24, help="frames per model window (default 24)")
+    p.add_argument("--overlap", type=int, default=6)
+    p.add_argument("--guidance", type=float, default=1.2)
+    p.add_argument("--memory", default="default", choices=["default", "low-vram", "minimal"])
+    p.add_argument("--device", default="auto", help="the device to predict for (cuda works without a GPU here)")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--json", action="store_true")
+
+
+def cmd_estimate(args) -> int:
+    from engine.perf.job_estimate import estimate_job
+
+    params = {"steps": args.steps, "frames": args.window, "overlap": args.overlap, "memory": args.memory,
+              "device": args.device, "dtype": args.dtype, "guidance": args.guidance, "resolution": args.resolution}
+    w, h = args.size
+    est = estimate_job(args.kind, {"width": w, "height": h, "frames": args.frames, "passes": args.passes,
+                                   "lights": args.lights}, params)
+    if args.json:
+        print(json.dumps(est, indent=2))
+        return 0
+    fits = "" if "fits" not in est else f" of {est['device_memory_gb']} GB ({'fits' if est['fits'] else 'does NOT fit'})"
+    print(f"{args.kind}: ≈ {est['seconds']:.0f} s, peak ≈ {est['peak_memory_gb']} GB{fits} on {est['device']} "
+          f"({est['dtype']}, memory mode {est['memory']}); {est['unet_evals']} UNet calls of batch {est['unet_batch']} "
+          f"over {est['windows']} window(s), {est['unet_tflop']} TFLOP; throughput profile: {est['profile']}")
+    return 0
