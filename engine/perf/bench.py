@@ -139,3 +139,119 @@ def _attention_kinds(unet) -> list[str]:
         return f"{type(p).__name__}({type(inner).__name__})" if inner is not None else type(p).__name__
 
     return sorted({name(p) for p in unet.attn_processors.values()})
+
+
+def run_bench(*, size: str = "full", width: int = 512, height: int = 512, frames: int = 24, steps: int = 20,
+              device=None, dtype=None, repeats: int = 1, variants=DEFAULT_VARIANTS, reference: bool = True,
+              flops: bool = True, env_resolution=None, log=print) -> dict:
+    """Run the benchmark; returns one JSON-able dict (see docs/PERFORMANCE.md for the keys)."""
+    from engine.perf.memory import apply_memory_mode
+    from engine.pipelines import EnvLight, ForwardRenderer, InverseRenderer
+    from engine.pipelines.components import pick_device, pick_dtype
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    env_res = tuple(env_resolution) if env_resolution else ((512, 512) if size == "full" else (height, width))
+    video, gb = _inputs(frames, width, height)
+    hdrs = [synthetic_hdri(1), synthetic_hdri(2)]
+    peak, peak_src = device_peak_tflops(dev, dt)
+    report = {"size": size, "resolution": [width, height], "frames": frames, "steps": steps,
+              "env_resolution": list(env_res), "device": str(dev),
+              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+              "dtype": str(dt).replace("torch.", ""), "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "repeats": repeats, "peak_tflops": peak, "peak_source": peak_src, "cases": {}}
+    cases = report["cases"]
+    kw = {"num_inference_steps": steps, "seed": 0, "decode_chunk_size": 8}
+
+    def case(name, renderer, fn, one_step_fn=None):
+        log(f"  {name} …")
+        cases[name] = run_case(name, renderer, fn, dev, repeats, one_step_fn if flops else None)
+        log(f"  {name}: {cases[name]['wall_seconds']:.3f} s")
+
+    # ---------------------------------------------------------------- inverse
+    t0 = time.perf_counter()
+    inv = InverseRenderer(build_components("inverse", size, device=dev, dtype=dt))
+    report["load_seconds"] = {"inverse": round(time.perf_counter() - t0, 2)}
+    report["attention"] = _attention_kinds(inv.unet)
+    one = {**kw, "num_inference_steps": 1}
+    case("inverse_1", inv, lambda: inv(video, passes=FIVE[:1], **kw), lambda: inv(video, passes=FIVE[:1], **one))
+    case("inverse_5", inv, lambda: inv(video, passes=FIVE, **kw), lambda: inv(video, passes=FIVE, **one))
+    if reference:
+        case("ref_inverse_1", inv, lambda: reference_inverse(inv, video, FIVE[:1], **kw))
+        case("ref_inverse_5", inv, lambda: reference_inverse(inv, video, FIVE, **kw))
+    if "full_decode" in variants:
+        case("inverse_5_full_decode", inv, lambda: inv(video, passes=FIVE, **{**kw, "decode_chunk_size": frames}))
+    if "no_sdpa" in variants:
+        with _classic_attention(inv.unet):
+            case("inverse_1_no_sdpa", inv, lambda: inv(video, passes=FIVE[:1], **kw))
+    if "channels_last" in variants:
+        set_channels_last(inv.unet)
+        case("inverse_1_channels_last", inv, lambda: inv(video, passes=FIVE[:1], **kw))
+        set_channels_last(inv.unet, False)
+    inv = None  # free the model before the next one is built
+    _clear(dev)
+
+    # ---------------------------------------------------------------- forward
+    def fwd_call(r, lights, **extra):
+        return r(gb, [EnvLight(h) for h in lights], env_resolution=env_res, **{**kw, **extra})
+
+    t0 = time.perf_counter()
+    fwd = ForwardRenderer(build_components("forward", size, device=dev, dtype=dt))
+    report["load_seconds"]["forward"] = round(time.perf_counter() - t0, 2)
+    case("forward_1", fwd, lambda: fwd_call(fwd, hdrs[:1]), lambda: fwd_call(fwd, hdrs[:1], num_inference_steps=1))
+    case("forward_2", fwd, lambda: fwd_call(fwd, hdrs), lambda: fwd_call(fwd, hdrs, num_inference_steps=1))
+    if reference:
+        ref_kw = {"num_inference_steps": steps, "env_resolution": env_res}
+        case("ref_forward_1", fwd, lambda: reference_forward(fwd, gb, hdrs[:1], **ref_kw))
+        case("ref_forward_2", fwd, lambda: reference_forward(fwd, gb, hdrs, **ref_kw))
+    if "preview" in variants:
+        case("forward_1_preview", fwd, lambda: fwd_call(fwd, hdrs[:1], guidance_scale=1.0))
+    if "channels_last" in variants:
+        set_channels_last(fwd.unet)
+        case("forward_1_channels_last", fwd, lambda: fwd_call(fwd, hdrs[:1]))
+        set_channels_last(fwd.unet, False)
+    if "compile" in variants:
+        compiled, eager = torch.compile(fwd.unet), fwd.unet
+        fwd.unet = compiled
+        try:
+            t0 = time.perf_counter()
+            fwd_call(fwd, hdrs[:1], num_inference_steps=1)
+            report["compile_seconds"] = round(time.perf_counter() - t0, 2)
+            case("forward_1_compile", fwd, lambda: fwd_call(fwd, hdrs[:1]))
+        finally:
+            fwd.unet = eager
+    fwd = None
+    _clear(dev)
+    for mode in ("low_vram", "minimal"):
+        if mode not in variants:
+            continue
+        comps = build_components("forward", size, device=dev, dtype=dt)
+        plan = apply_memory_mode(comps, mode.replace("_", "-"))
+        r = ForwardRenderer(comps)
+        extra = {"decode_chunk_size": plan.decode_chunk or 8, "decode_overlap": plan.decode_overlap or 0}
+        case(f"forward_1_{mode}", r, lambda: fwd_call(r, hdrs[:1], **extra))
+        r = comps = None
+        _clear(dev)
+    _ratios(report)
+    return report
+
+
+def _ratios(report: dict) -> None:
+    c = report["cases"]
+
+    def ratio(a, b):
+        return round(c[a]["wall_seconds"] / c[b]["wall_seconds"], 3) if a in c and b in c else None
+
+    report["forward_over_inverse"] = ratio("forward_1", "inverse_1")
+    report["batched_speedup_5_passes"] = ratio("ref_inverse_5", "inverse_5")
+    report["reference_forward_over_inverse"] = ratio("ref_forward_1", "ref_inverse_1")
+    report["speedups"] = {k: ratio(f"ref_{k}", k) for k in ("inverse_1", "inverse_5", "forward_1", "forward_2")
+                          if f"ref_{k}" in c}
+    report["five_passes_over_one"] = ratio("inverse_5", "inverse_1")
+    report["two_hdris_over_one"] = ratio("forward_2", "forward_1")
+    for v in c.values():
+        if report.get("peak_tflops") and v.get("unet_tflops_per_s"):
+            v["unet_utilisation"] = round(v["unet_tflops_per_s"] / report["peak_tflops"], 4)
