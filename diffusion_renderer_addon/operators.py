@@ -1,19 +1,23 @@
-"""The task operators. Each has a blocking ``execute()`` (scripts, ``blender -b``, tests: timers do not fire
-there) and a non-blocking ``invoke()`` (UI: submit, then the persistent client timer reports progress into
-``window_manager.diffusion_renderer`` and chains the next step from ``job.on_done``)."""
+"""The task operators. ``execute()`` runs a task to the end by default (``wait``: scripts, ``blender -b``,
+tests — timers do not fire there); ``invoke()`` (the UI) turns ``wait`` off: the task is exported and
+submitted, then the persistent client timer reports progress into ``window_manager.diffusion_renderer``,
+chains the next step from ``job.on_done`` and finally loads the result into the scene (``load``)."""
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import bpy
-from bpy.props import StringProperty
+from bpy.props import BoolProperty, StringProperty
 
 from . import client as dr
 from . import preferences as prefs_mod
+from . import properties
 from .client import blocking
 
 _ACTIVE: dict = {"job": None}
+FORWARD_PASSES = ("basecolor", "normal", "depth", "roughness", "metallic")  # what a forward job reads
 
 
 def _status(context=None):
@@ -96,6 +100,12 @@ class _Task:
     bl_options = {"REGISTER"}
     task = ""
 
+    wait: BoolProperty(name="Wait", default=True, options={"HIDDEN", "SKIP_SAVE"},
+                       description="Run every step to the end before returning (scripts, background mode); "
+                                   "off: submit and return, the add-on's timer reports progress and goes on")
+    load: BoolProperty(name="Load result", default=True, options={"SKIP_SAVE"},
+                       description="Import the result into the scene when the task has finished")
+
     @classmethod
     def poll(cls, context):
         st = _status(context)
@@ -104,38 +114,38 @@ class _Task:
     def steps(self, context) -> list:
         raise NotImplementedError
 
+    def invoke(self, context, event):
+        """From the UI: non-blocking. In background mode there is no event loop to fire the timer: blocking."""
+        self.wait = bool(bpy.app.background)
+        return self.execute(context)
+
     def execute(self, context):
-        """Blocking: export, run every step to the end (pumping the engine here), report."""
-        prev = None
+        """``wait``: export, run every step to the end (pumping the engine here), load, report. Otherwise
+        export and submit the first step, then return: the timer drives progress and the next steps."""
         try:
             client = prefs_mod.client(prefs_mod.get(context))
-            for step in self.steps(context):
+            steps = list(self.steps(context))
+            if not self.wait:
+                _submit_chain(context, client, self.task, steps, None, self.load)
+                self.report({"INFO"}, f"{self.bl_label}: started")
+                return {"FINISHED"}
+            prev = None
+            for step in steps:
                 kind, params, folder = step(context, prev)
                 job = client.submit(kind, params, folder)
                 _start_status(context, self.task, job)
                 job.on_update(_on_update)
-                prev = blocking.wait(job, client, on_progress=_on_update)
-                _finish(prev)
+                try:
+                    prev = blocking.wait(job, client, on_progress=_on_update)
+                finally:
+                    _finish(job)
+            loaded = _load_results(prev) if self.load else []
         except _ERRORS as exc:
             msg = _message(exc)
             _set_error(context, msg)
             self.report({"ERROR"}, msg)
             return {"CANCELLED"}
-        self.report({"INFO"}, f"{self.bl_label}: done ({prev.manifest if prev else ''})")
-        return {"FINISHED"}
-
-    def invoke(self, context, event):
-        """Non-blocking: export, submit, return; the timer drives progress and the following steps."""
-        if bpy.app.background:
-            return self.execute(context)
-        try:
-            client = prefs_mod.client(prefs_mod.get(context))
-            _submit_chain(context, client, self.task, list(self.steps(context)), None)
-        except _ERRORS as exc:
-            msg = _message(exc)
-            _set_error(context, msg)
-            self.report({"ERROR"}, msg)
-            return {"CANCELLED"}
+        self.report({"INFO"}, f"{self.bl_label}: done ({prev.manifest if prev else ''}; {len(loaded)} loaded)")
         return {"FINISHED"}
 
 
@@ -147,11 +157,12 @@ def _message(exc) -> str:
 
 
 def _common(context) -> dict:
-    return {**_settings(context).shared_params(), **prefs_mod.job_options(prefs_mod.get(context))}
+    return {**properties.shared_params(_settings(context)), **prefs_mod.job_options(prefs_mod.get(context))}
 
 
-def _submit_chain(context, client, task, steps, prev) -> None:
-    """Submit the first step; when it is done (on the timer, main thread) the next one is exported and submitted."""
+def _submit_chain(context, client, task, steps, prev, load=True) -> None:
+    """Submit the first step; when it is done (on the timer, main thread) the next one is exported and
+    submitted, and after the last one the result is loaded (``load``)."""
     kind, params, folder = steps[0](context, prev)
     job = client.submit(kind, params, folder)
     _start_status(context, task, job)
@@ -160,27 +171,67 @@ def _submit_chain(context, client, task, steps, prev) -> None:
 
     def done(j):
         _finish(j)
-        if j.state == dr.DONE and rest:
-            try:
-                _submit_chain(bpy.context, client, task, rest, j)
-            except _ERRORS as exc:
-                _set_error(None, _message(exc))
+        if j.state != dr.DONE:
+            return
+        try:
+            if rest:
+                _submit_chain(bpy.context, client, task, rest, j, load)
+            elif load:
+                _load_results(j)
+        except _ERRORS as exc:
+            _set_error(None, _message(exc))
     job.on_done(done)
 
 
-def _delight_step(context, prev):
+def _load_results(job) -> list:
+    """Import every set the job wrote (a forward job writes one per HDRI) into the current scene; returns
+    what :func:`reimport.import_result` created for each. Raises RuntimeError naming the set that failed."""
+    if job is None or job.state != dr.DONE:
+        return []
+    from .reimport import import_result
+    loaded = []
+    for path in dr.jobs.manifest_paths(job.result):
+        try:
+            loaded.append(import_result(path))
+        except Exception as exc:  # noqa: BLE001 - reported like any other task error
+            raise RuntimeError(f"Loading {path} failed: {exc}") from exc
+    st = _status()
+    if st is not None and loaded:
+        st.status = f"{job.message or job.state}: loaded {len(loaded)} set{'s' if len(loaded) > 1 else ''}"
+    dr.timer.tag_redraw()
+    return loaded
+
+
+def _delight_step(context, prev, required=()):
+    """De-light the chosen footage into the ticked passes plus ``required`` ones."""
     from .export import export_footage
     s = _settings(context)
     folder = job_folder(context, "delight")
     source = {"CLIP": s.movie_clip, "IMAGE": s.image, "STRIP": None}[s.footage_source]
     if s.footage_source != "STRIP" and source is None:
         raise ValueError(f"choose a {'movie clip' if s.footage_source == 'CLIP' else 'image sequence'} to de-light")
-    if not s.passes():
+    chosen = properties.passes(s)
+    passes = [p for p in properties.PASS_NAMES if p in chosen or p in required]
+    if not passes:
         raise ValueError("choose at least one pass to compute")
     footage = os.path.join(folder, "footage")
     export_footage(source, footage, scene=context.scene)
-    params = {**_common(context), "input": footage, "passes": s.passes(), "model": _model(s.inverse_model)}
+    params = {**_common(context), "input": footage, "passes": passes, "model": _model(s.inverse_model)}
     return "inverse", params, folder
+
+
+def _delight_for_relight(context, prev):
+    """Relight preview's first step: every pass the forward model needs, whatever is ticked."""
+    return _delight_step(context, prev, required=FORWARD_PASSES)
+
+
+def _set_passes(folder: str):
+    """The pass names of the G-buffer set in ``folder``; None when it has no readable manifest."""
+    try:
+        with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as fh:
+            return set((json.load(fh) or {}).get("passes") or {})
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _forward_params(context, gbuffers, hdris, extra=None) -> dict:
@@ -219,24 +270,19 @@ def _relight_step(context, prev):
     return "forward", _forward_params(context, gbuffers, hdris), job_folder(context, "relight")
 
 
-class DR_OT_neural_render(_Task, bpy.types.Operator):
-    """Render the scene's G-buffers and relight them with the forward model under the chosen light"""
-    bl_idname = "diffusion_renderer.neural_render"
-    bl_label = "Neural Render"
-    task = "render"
-
-    def steps(self, context):
-        return [_render_step]
+def _task_operator(name: str, label: str, task: str, steps: tuple, doc: str):
+    """An operator class ``DIFFUSION_RENDERER_OT_<name>`` running the fixed ``steps``."""
+    return type(f"DR_OT_{name}", (_Task, bpy.types.Operator), {
+        "__doc__": doc, "bl_idname": f"diffusion_renderer.{name}", "bl_label": label, "task": task,
+        "steps": lambda self, context: list(steps)})
 
 
-class DR_OT_delight(_Task, bpy.types.Operator):
-    """De-light footage into G-buffers (base colour, normals, depth…) with the inverse model"""
-    bl_idname = "diffusion_renderer.delight"
-    bl_label = "Delight Footage"
-    task = "delight"
-
-    def steps(self, context):
-        return [_delight_step]
+DR_OT_neural_render = _task_operator(
+    "neural_render", "Neural Render", "render", (_render_step,),
+    "Render the scene's G-buffers and relight them with the forward model under the chosen light")
+DR_OT_delight = _task_operator(
+    "delight", "Delight Footage", "delight", (_delight_step,),
+    "De-light footage into G-buffers (base colour, normals, depth…) with the inverse model")
 
 
 class DR_OT_relight_preview(_Task, bpy.types.Operator):
@@ -247,8 +293,15 @@ class DR_OT_relight_preview(_Task, bpy.types.Operator):
 
     def steps(self, context):
         s = _settings(context)
-        have = s.gbuffer_set and os.path.isfile(os.path.join(_abs(s.gbuffer_set), "manifest.json"))
-        return [_relight_step] if have else [_delight_step, _relight_step]
+        folder = _abs(s.gbuffer_set)
+        have = _set_passes(folder) if folder else None
+        if have is None:
+            return [_delight_for_relight, _relight_step]
+        missing = [p for p in FORWARD_PASSES if p not in have]
+        if missing:
+            raise ValueError(f"the G-buffer set {folder} has no {', '.join(missing)} pass (the forward model needs "
+                             f"{', '.join(FORWARD_PASSES)}): clear 'G-buffer set' to de-light the footage again")
+        return [_relight_step]
 
 
 class DR_OT_cancel(bpy.types.Operator):

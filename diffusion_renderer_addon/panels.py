@@ -119,10 +119,9 @@ def _panels(prefix: str, space: str, region: str, extra: dict) -> list:
     return out
 
 
-class DR_PT_image_result(bpy.types.Panel):
-    bl_idname = "DR_PT_image_result"
+class _ResultPanel:
+    """A small "Neural Render" tab in an editor's sidebar: job status and "Load result"."""
     bl_label = "Neural Render"
-    bl_space_type = "IMAGE_EDITOR"
     bl_region_type = "UI"
     bl_category = "Neural Render"
 
@@ -131,21 +130,19 @@ class DR_PT_image_result(bpy.types.Panel):
         self.layout.operator(DR_OT_load_result.bl_idname, icon="IMPORT")
 
 
-class DR_PT_compositor_result(bpy.types.Panel):
+class DR_PT_image_result(_ResultPanel, bpy.types.Panel):
+    bl_idname = "DR_PT_image_result"
+    bl_space_type = "IMAGE_EDITOR"
+
+
+class DR_PT_compositor_result(_ResultPanel, bpy.types.Panel):
     bl_idname = "DR_PT_compositor_result"
-    bl_label = "Neural Render"
     bl_space_type = "NODE_EDITOR"
-    bl_region_type = "UI"
-    bl_category = "Neural Render"
 
     @classmethod
     def poll(cls, context):
         space = context.space_data
         return space is not None and getattr(space, "tree_type", "") == "CompositorNodeTree"
-
-    def draw(self, context):
-        draw_status(self.layout, context)
-        self.layout.operator(DR_OT_load_result.bl_idname, icon="IMPORT")
 
 
 classes = (*_panels("render", "PROPERTIES", "WINDOW", {"bl_context": "render"}),

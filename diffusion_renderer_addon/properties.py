@@ -60,14 +60,22 @@ class DR_SceneSettings(bpy.types.PropertyGroup):
     gbuffer_set: StringProperty(name="G-buffer set", subtype="DIR_PATH", default="",
                                 description="G-buffers to relight (set by Delight; empty: de-light first)")
 
-    def passes(self) -> list:
-        return [p for p in PASS_NAMES if getattr(self, f"pass_{p}")]
 
-    def shared_params(self) -> dict:
-        out = {"frames": self.frames, "overlap": min(self.overlap, self.frames - 1), "steps": self.steps,
-               "seed": self.seed, "previews": self.previews,
-               "resolution": f"{self.res_x}x{self.res_y}" if self.resolution_mode == "CUSTOM" else "auto"}
-        return out
+# No methods (nor properties/staticmethods) on the PropertyGroups: bpy 4.2 keeps a reference to every
+# registered PropertyGroup class forever, and a Python function in the class keeps this module's globals —
+# and with them the bpy module — alive at interpreter exit. bpy-as-a-module then never runs its exit
+# (WM_exit) and the process segfaults in C++ static destructors (exit code 139; fixed in 4.5).
+# tests/blender/test_addon_lifecycle.py guards this. Helpers take the settings as an argument instead.
+def passes(s) -> list:
+    """The G-buffer passes ticked in scene settings ``s``."""
+    return [p for p in PASS_NAMES if getattr(s, f"pass_{p}")]
+
+
+def shared_params(s) -> dict:
+    """The window / sampling job parameters shared by every task."""
+    return {"frames": s.frames, "overlap": min(s.overlap, s.frames - 1), "steps": s.steps, "seed": s.seed,
+            "previews": s.previews,
+            "resolution": f"{s.res_x}x{s.res_y}" if s.resolution_mode == "CUSTOM" else "auto"}
 
 
 class DR_Status(bpy.types.PropertyGroup):

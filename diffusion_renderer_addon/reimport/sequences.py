@@ -70,8 +70,10 @@ class SetInfo:
     @property
     def label(self) -> str:
         """A short name for datablocks: the set folder's name (``relit <light>`` for a relit set, whose
-        folder is named after the HDRI)."""
-        return f"relit {self.path.name}" if self.kind == "relit" else self.path.name
+        folder is named after the HDRI); for the engine's ``<job folder>/out`` the job folder's name."""
+        if self.kind == "relit":
+            return f"relit {self.path.name}"
+        return self.path.parent.name if self.path.name == "out" and self.path.parent.name else self.path.name
 
 
 def read_manifest(manifest_path) -> SetInfo:

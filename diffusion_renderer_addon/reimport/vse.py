@@ -19,7 +19,8 @@ def free_channel(scene, start: int, end: int) -> int:
     used = set()
     if ed is not None:
         for s in compat.vse_strips(ed):
-            if s.frame_final_start < end and s.frame_final_end > start:
+            _, first, after = compat.strip_timing(s)
+            if first < end and after > start:
                 used.add(s.channel)
     ch = 1
     while ch in used:

@@ -10,61 +10,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-ENGINE_PY = os.environ.get("DR_ENGINE_PYTHON", "")
-PKG = "bl_ext.user_default.diffusion_renderer"
-
-os.environ.setdefault("BLENDER_USER_RESOURCES", tempfile.mkdtemp(prefix="dr-blender-user-"))
+PKG = "bl_ext.user_default.diffusion_renderer"      # fixtures: conftest.py (addon, tiny_ckpts, plate)
 bpy = pytest.importorskip("bpy", reason="bpy (Blender as a Python module) is not installed; run bin/test-blender")
-import addon_utils  # noqa: E402
-
-needs_engine = pytest.mark.skipif(not ENGINE_PY, reason="DR_ENGINE_PYTHON (the engine's interpreter) is not set")
-
-
-def _builder():
-    spec = importlib.util.spec_from_file_location("dr_build_extension", REPO / "tools" / "build_extension.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-@pytest.fixture(scope="module")
-def zip_path(tmp_path_factory):
-    return _builder().build(tmp_path_factory.mktemp("dist"), python=sys.executable)
-
-
-def _repo_index(module: str = "user_default") -> int:
-    for i, repo in enumerate(bpy.context.preferences.extensions.repos):
-        if repo.module == module:
-            return i
-    raise AssertionError("no user_default extension repository")
-
-
-@pytest.fixture(scope="module")
-def addon(zip_path):
-    bpy.ops.wm.read_factory_settings(use_empty=True)   # before enabling: a reset disables add-ons
-    result = bpy.ops.extensions.package_install_files(filepath=str(zip_path), repo="user_default",
-                                                      enable_on_install=True)
-    assert "FINISHED" in result
-    assert PKG in bpy.context.preferences.addons, "the installed extension was not enabled"
-    mod = sys.modules[PKG]
-    prefs = bpy.context.preferences.addons[PKG].preferences
-    if ENGINE_PY:
-        prefs.engine_python = ENGINE_PY
-    prefs.device, prefs.precision = "cpu", "fp32"
-    yield mod
-    addon_utils.disable(PKG, default_set=True)
-    bpy.ops.extensions.package_uninstall(repo_index=_repo_index(), pkg_id="diffusion_renderer")
-    assert PKG not in bpy.context.preferences.addons
-    assert not hasattr(bpy.types, "DIFFUSION_RENDERER_OT_delight"), "unregister left an operator behind"
-    assert not hasattr(bpy.types.Scene, "diffusion_renderer")
+needs_engine = pytest.mark.skipif(not os.environ.get("DR_ENGINE_PYTHON"),
+                                  reason="DR_ENGINE_PYTHON (the engine's interpreter) is not set")
 
 
 def test_installed_from_the_zip_with_the_bundled_engine(addon):
@@ -104,7 +58,7 @@ def test_operators_panels_and_properties_registered(addon):
     assert bpy.types.DR_PT_view3d_main.bl_category == "Neural Render"
     s, st = bpy.context.scene.diffusion_renderer, bpy.context.window_manager.diffusion_renderer
     assert (s.lora_scale, s.guidance, s.steps, s.frames, s.overlap) == (pytest.approx(0.25), pytest.approx(1.2), 20, 24, 6)
-    assert s.passes() == ["basecolor", "metallic", "roughness", "normal", "depth"]
+    assert sys.modules[PKG + ".properties"].passes(s) == ["basecolor", "metallic", "roughness", "normal", "depth"]
     assert (st.running, st.progress, st.last_error) == (False, 0.0, "")
     assert sys.modules[PKG + ".client"].timer.is_registered()
     # a failing task reports into the status instead of raising
@@ -166,30 +120,12 @@ def test_test_engine_round_trip(addon):
     assert "torch" in addon.preferences.test_info()["text"]
 
 
-@pytest.fixture(scope="module")
-def tiny_assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ui_assets")
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONHOME", "PYTHONPATH")}
-    env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-    code = "import sys; from engine.random_checkpoint import write_random_checkpoint as w; w(sys.argv[1], 'inverse')"
-    subprocess.run([ENGINE_PY, "-c", code, str(root / "ckpt")], check=True, cwd=REPO, env=env)
-    seq = root / "plate"
-    seq.mkdir()
-    for f in (1, 2, 3):
-        img = bpy.data.images.new(f"plate{f}", 64, 64)
-        img.pixels[:] = [0.2 * f, 0.5, 0.3, 1.0] * (64 * 64)
-        img.filepath_raw, img.file_format = str(seq / f"plate.{f:04d}.png"), "PNG"
-        img.save()
-        bpy.data.images.remove(img)
-    return root
-
-
 @needs_engine
-def test_delight_operator_blocking_end_to_end(addon, tiny_assets, tmp_path):
-    img = bpy.data.images.load(str(tiny_assets / "plate" / "plate.0001.png"))
+def test_delight_operator_blocking_end_to_end(addon, tiny_ckpts, plate, tmp_path):
+    img = bpy.data.images.load(str(plate / "plate.0001.png"))
     img.source = "SEQUENCE"
     s = bpy.context.scene.diffusion_renderer
-    s.footage_source, s.image, s.inverse_model = "IMAGE", img, str(tiny_assets / "ckpt")
+    s.footage_source, s.image, s.inverse_model = "IMAGE", img, str(tiny_ckpts["inverse"])
     s.pass_metallic = s.pass_roughness = s.pass_depth = False
     s.frames, s.overlap, s.steps, s.previews = 3, 0, 2, False
     s.resolution_mode, s.res_x, s.res_y = "CUSTOM", 64, 64
@@ -203,6 +139,6 @@ def test_delight_operator_blocking_end_to_end(addon, tiny_assets, tmp_path):
     assert "basecolor" in json.dumps(data) and "normal" in json.dumps(data)
     assert Path(s.gbuffer_set) == manifest.parent                          # ready for Relight Preview
     request = json.loads((manifest.parent.parent / "request.json").read_text())
-    assert request["params"]["model"] == str(tiny_assets / "ckpt") and request["params"]["device"] == "cpu"
+    assert request["params"]["model"] == str(tiny_ckpts["inverse"]) and request["params"]["device"] == "cpu"
     if importlib.util.find_spec(PKG + ".reimport") is not None:
         assert bpy.ops.diffusion_renderer.load_result(filepath=str(manifest)) == {"FINISHED"}
