@@ -18,8 +18,8 @@ _REGISTERED: list = []
 
 
 def _modules():
-    from . import operators, panels, preferences, properties
-    return properties, preferences, operators, panels
+    from . import estimate_op, operators, panels, preferences, properties
+    return properties, preferences, operators, estimate_op, panels
 
 
 def register() -> None:
@@ -27,8 +27,7 @@ def register() -> None:
 
     from .client import timer
 
-    properties, preferences, operators, panels = _modules()
-    for cls in (*properties.classes, *preferences.classes, *operators.classes, *panels.classes):
+    for cls in (c for module in _modules() for c in module.classes):
         bpy.utils.register_class(cls)
         _REGISTERED.append(cls)
     properties.register_props()

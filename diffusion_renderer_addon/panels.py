@@ -59,7 +59,12 @@ def draw_neural_render(layout, s) -> None:
     col.prop(s, "guidance")
     col.prop(s, "render_samples")
     layout.prop(s, "rotate_light")
-    layout.operator(DR_OT_neural_render.bl_idname, icon="RENDER_STILL")
+    row = layout.row(align=True)
+    row.operator(DR_OT_neural_render.bl_idname, icon="RENDER_STILL")
+    row.operator("diffusion_renderer.estimate", text="", icon="TIME")
+    est = bpy.context.window_manager.diffusion_renderer.estimate
+    if est:
+        layout.label(text=est, icon="ERROR" if "does not fit" in est else "TIME")
 
 
 def draw_delight(layout, s) -> None:

@@ -89,7 +89,8 @@ def job_options(prefs=None) -> dict:
     prefs = prefs or get()
     if prefs is None:
         return {}
-    return {"device": prefs.device, "dtype": prefs.precision, "allow_download": allow_download(prefs)}
+    return {"device": prefs.device, "dtype": prefs.precision, "memory": prefs.memory,
+            "allow_download": allow_download(prefs)}
 
 
 def _setup_poll() -> float | None:
@@ -196,6 +197,11 @@ class DR_AddonPreferences(bpy.types.AddonPreferences):
     precision: EnumProperty(name="Precision", default="auto", items=[
         ("auto", "Auto", "fp16 on CUDA, fp32 on CPU"), ("fp16", "FP16", "Half precision (low VRAM)"),
         ("bf16", "BF16", "bfloat16"), ("fp32", "FP32", "Full precision")])
+    memory: EnumProperty(name="GPU memory", default="default", items=[
+        ("default", "Default", "Models stay on the GPU (≈ 12 GB at 512², 24 frames)"),
+        ("low-vram", "Low VRAM", "Idle models wait in system memory, smaller batches and decode chunks "
+                                 "(≈ 5 GB at 512², 24 frames; somewhat slower)"),
+        ("minimal", "Minimal", "Weights streamed layer by layer (≈ 2–3 GB; much slower)")])
     keep_warm: BoolProperty(name="Keep models loaded", default=True,
                             description="Keep models in GPU memory between jobs (off: unload after each job)")
 
@@ -213,6 +219,7 @@ class DR_AddonPreferences(bpy.types.AddonPreferences):
         row = col.row()
         row.prop(self, "device")
         row.prop(self, "precision")
+        col.prop(self, "memory")
         col.prop(self, "keep_warm")
         row = layout.row()
         row.operator(DR_OT_setup_engine.bl_idname, icon="CONSOLE")

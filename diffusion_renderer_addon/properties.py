@@ -87,6 +87,7 @@ class DR_Status(bpy.types.PropertyGroup):
     last_error: StringProperty(default="")
     last_manifest: StringProperty(default="", subtype="FILE_PATH")
     engine_info: StringProperty(default="")
+    estimate: StringProperty(default="", description="the last Estimate of the Neural render task")
 
 
 classes = (DR_HdriItem, DR_SceneSettings, DR_Status)

@@ -156,6 +156,20 @@ def test_engine_job_error_is_reported_with_its_message(client, tmp_path):
     assert job.error.log_path == client.log_path
 
 
+def test_estimate_before_submitting(client):
+    est = client.estimate("inverse", {"width": 1920, "height": 1080, "frames": 48, "passes": 5},
+                          {"memory": "low-vram", "device": "cuda"})
+    assert est["type"] == "estimate" and est["kind"] == "inverse"
+    d = est["detail"]
+    assert d["windows"] == 3 and d["unet_batch"] == 1 and d["unet_evals"] == 20 * 3 * 5 and d["memory"] == "low-vram"
+    assert 0 < est["peak_memory_gb"] < 8 and est["seconds"] > 0
+    with pytest.raises(dr.ClientError, match="size.width"):
+        client.estimate("inverse", {"width": 0, "height": 64, "frames": 2})
+    with pytest.raises(dr.ClientError, match="cannot estimate"):       # refused by the engine: not a multiple of 64
+        client.estimate("inverse", {"width": 64, "height": 64, "frames": 2}, {"resolution": "96x64"})
+    assert client.state == "ready" and not client._estimates
+
+
 def test_invalid_params_are_refused_before_sending(client, assets):
     with pytest.raises(dr.ClientError) as info:
         client.submit("inverse", {**job_params(assets), "stepz": 3})

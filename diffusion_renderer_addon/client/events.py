@@ -52,7 +52,8 @@ class EventHandlers:
         if event.kind == MESSAGE:
             msg = event.data
             handlers = {"hello": self._on_hello, "ack": self._on_ack, "progress": self._on_progress,
-                        "result": self._on_result, "error": self._on_error, "status": self._on_status}
+                        "result": self._on_result, "error": self._on_error, "status": self._on_status,
+                        "estimate": self._on_estimate}
             handler = handlers.get(msg.get("type"))
             if handler is None:
                 return                                   # a message type of a newer minor version
@@ -124,7 +125,14 @@ class EventHandlers:
             self._escalation.pop(job.id, None)
             self.registry.set_state(job, jobs.DONE, "done", result=msg)
 
+    def _on_estimate(self, msg: dict) -> None:
+        if msg.get("reply_to") in self._estimates:
+            self._estimates[msg["reply_to"]] = msg
+
     def _on_error(self, msg: dict) -> None:
+        if msg.get("reply_to") is not None and msg.get("reply_to") in self._estimates:
+            self._estimates[msg["reply_to"]] = msg
+            return
         job = self.registry.get(msg.get("job") or self._requests.pop(msg.get("reply_to"), None))
         err = errors.from_engine(msg, self.stderr_tail(), self.log_path)
         if job is None:

@@ -37,6 +37,7 @@ class EngineClient(EventHandlers):
         self._expect_exit = False
         self._start_error: Optional[errors.ClientError] = None     # an engine error before its hello
         self._stale_config = False              # configure() changed the config while the engine was busy
+        self._estimates: dict = {}              # estimate request id → reply (estimate or error message), once come
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -193,6 +194,32 @@ class EngineClient(EventHandlers):
         self.registry.set_state(job, jobs.CANCELLING, "cancelling…")
         self._escalation[job_id] = {"since": time.time(), "signalled": None}
         return True
+
+    def estimate(self, kind: str, size: dict, params: Optional[dict] = None, timeout: float = 60.0) -> dict:
+        """Predicted ``seconds`` and ``peak_memory_gb`` (+ ``fits``, ``device_memory_gb`` when the GPU is
+        known) of a job before submitting it (protocol 1.1 ``estimate``). Blocks, pumping; starts the engine
+        when needed. Raises ClientError for an engine without estimates, a bad request or a timeout."""
+        self.wait_ready()
+        if tuple(int(v) for v in str((self.info or {}).get("protocol", "1.0")).split(".")[:2]) < (1, 1):
+            raise errors.ClientError("unsupported", "this engine cannot estimate jobs (protocol 1.1 needed)",
+                                     "update the engine (Preferences › Set up engine)")
+        rid = self._request_id()
+        self._estimates[rid] = None
+        msg = self.protocol.estimate(kind, dict(size), _plain(params or {}), id=rid)
+        problems = self.protocol.validate(msg, self.protocol.TO_ENGINE)
+        if problems:
+            self._estimates.pop(rid, None)
+            raise errors.ClientError("invalid_params", f"estimate: {problems[0]}")
+        self._send(msg)
+        deadline = time.monotonic() + timeout
+        while self._estimates.get(rid) is None and self.proc is not None and time.monotonic() < deadline:
+            self.pump(timeout=0.05)
+        reply = self._estimates.pop(rid, None)
+        if reply is None:
+            raise errors.ClientError("timeout", f"no estimate from the engine within {timeout:g} s")
+        if reply.get("type") == "error":
+            raise errors.from_engine(reply, self.stderr_tail(), self.log_path)
+        return reply
 
     def unload(self) -> bool:
         """Free the engine's models (VRAM) but keep it running."""

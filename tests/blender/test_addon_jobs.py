@@ -249,3 +249,24 @@ def test_neural_render_non_blocking_exports_the_scene_and_relights_it(addon, tin
     relit = Path(st.last_manifest)
     assert relit.parent.name == "sky" and relit.is_relative_to(tmp_path / "jobs")
     _assert_loaded(relit)
+
+
+def test_estimate_of_the_neural_render(scene):
+    """The Estimate button asks the engine's cost model about a Neural render of the scene and shows it;
+    the GPU memory mode of the preferences reaches the engine."""
+    prefs = bpy.context.preferences.addons[PKG].preferences
+    r = bpy.context.scene.render
+    r.resolution_x, r.resolution_y, r.resolution_percentage = 1920, 1080, 50
+    bpy.context.scene.frame_start, bpy.context.scene.frame_end = 1, 48
+    estimates = {}
+    for mode in ("default", "low-vram"):
+        prefs.memory = mode
+        assert bpy.ops.diffusion_renderer.estimate() == {"FINISHED"}
+        estimates[mode] = _status().estimate
+    assert all(e.startswith("≈ ") and " GB" in e for e in estimates.values()), estimates
+
+    def peak(text):
+        return float(text.split("peak ≈ ")[1].split(" GB")[0])
+
+    assert peak(estimates["low-vram"]) < peak(estimates["default"])
+    prefs.memory = "default"
