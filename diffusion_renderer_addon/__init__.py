@@ -27,7 +27,9 @@ def register() -> None:
 
     from .client import timer
 
-    for cls in (c for module in _modules() for c in module.classes):
+    modules = _modules()
+    properties = modules[0]
+    for cls in (c for module in modules for c in module.classes):
         bpy.utils.register_class(cls)
         _REGISTERED.append(cls)
     properties.register_props()
