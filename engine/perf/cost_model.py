@@ -110,11 +110,13 @@ def _meta_model(part: str, size: str, dtype_name: str, ff_chunking: bool):
     from engine.models import build_env_encoder_from_config, build_unet_from_config, build_vae_from_config
     from engine.perf.memory import enable_ff_chunking
     from engine.perf.models import configs_for
+    from engine.pipelines.zero_context import install_zero_context_skip
 
     cfg = configs_for(size)
     dtype = getattr(torch, dtype_name)
     if part.endswith("_unet"):
         m = build_unet_from_config(cfg[part], device="meta", dtype=dtype)
+        install_zero_context_skip(m)   # as the pipelines run it (exact shortcuts)
         if ff_chunking:
             enable_ff_chunking(m)
     elif part == "vae":
