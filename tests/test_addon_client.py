@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -241,7 +242,9 @@ def fake_engine(root: Path, main: str = FAKE_MAIN, protocol_version=None, with_p
     if with_protocol:
         text = (REPO / "engine" / "protocol.py").read_text()
         if protocol_version:
-            text = text.replace("PROTOCOL_VERSION = (1, 0)", f"PROTOCOL_VERSION = {protocol_version!r}")
+            text, n = re.subn(r"^PROTOCOL_VERSION = \(\d+, \d+\)", f"PROTOCOL_VERSION = {protocol_version!r}", text,
+                              flags=re.MULTILINE)
+            assert n == 1, "engine/protocol.py no longer has a 'PROTOCOL_VERSION = (M, m)' line"
         (pkg / "protocol.py").write_text(text)
     return root
 

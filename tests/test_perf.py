@@ -96,7 +96,7 @@ def test_zero_context_skip_is_exact_and_only_touches_the_negatives(fwd, clip):
     finally:
         for m in procs:
             m.set_processor(ZeroContextSkip(m.processor))
-    np.testing.assert_allclose(fast, full, atol=1e-5)
+    np.testing.assert_allclose(fast, full, atol=1e-4)   # two attention calls instead of one: rounding only
 
 
 def test_memory_modes_keep_the_numbers(clip):
@@ -188,3 +188,20 @@ def test_estimate_over_the_protocol():
     assert reply["detail"]["lights"] == 2 and reply["detail"]["windows"] == 2 and reply["detail"]["memory"] == "low-vram"
     bad = protocol.estimate("inverse", {"width": 0, "height": 64, "frames": 2}, {"memory": "huge"})
     assert any("size.width" in p for p in protocol.validate(bad)) and any("params.memory" in p for p in protocol.validate(bad))
+
+
+def test_merged_lora_matches_the_unmerged_layers_and_restores_the_weights(fwd, clip):
+    _, gb = clip
+    light = EnvLight(synthetic_hdri(4, 32))
+    before = {k: v.clone() for k, v in fwd.unet.state_dict().items()}
+    merged = fwd(gb, light, num_inference_steps=2, env_resolution=(32, 32), lora_scale=0.5)
+    fwd.merge_lora = False
+    try:
+        unmerged = fwd(gb, light, num_inference_steps=2, env_resolution=(32, 32), lora_scale=0.5)
+    finally:
+        fwd.merge_lora = True
+    np.testing.assert_allclose(merged, unmerged, atol=1e-4)
+    assert all(torch.equal(before[k], v) for k, v in fwd.unet.state_dict().items())   # no drift
+    assert not any(layer.merged_adapters for layer in fwd.unet.lora_layers())
+    other = fwd(gb, light, num_inference_steps=2, env_resolution=(32, 32), lora_scale=0.0)
+    assert np.abs(other - merged).max() > 1e-3                                       # the scale still acts

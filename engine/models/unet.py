@@ -222,6 +222,35 @@ class DRUNet(UNetSpatioTemporalConditionModel):
                 layer.scaling.clear()
                 layer.scaling.update(scalings)
 
+    @contextlib.contextmanager
+    def lora_merged(self, scale: float | None = None):
+        """Inside the block every LoRA layer runs as one matmul with ``W + scale·ΔW`` (its delta folded
+        into a merged copy of the base weight) instead of three; the original weight objects are put
+        back afterwards, so nothing drifts across jobs. Exact up to rounding; costs one copy of the
+        LoRA-targeted weights while active. Do not combine with per-call ``lora_scale``."""
+        layers = self.lora_layers()
+        s = 1.0 if scale is None else float(scale)
+        saved = []
+        try:
+            with torch.no_grad():
+                for layer in layers:
+                    names = [n for n in layer.active_adapters if n in layer.lora_A and n not in layer.merged_adapters]
+                    base = layer.get_base_layer()
+                    if not names or not isinstance(getattr(base, "weight", None), nn.Parameter):
+                        continue
+                    weight = base.weight
+                    delta = sum(layer.get_delta_weight(n).to(torch.float32) for n in names) * s
+                    merged = nn.Parameter((weight.to(torch.float32) + delta).to(weight.dtype), requires_grad=False)
+                    saved.append((layer, base, weight, names))
+                    base.weight = merged
+                    layer.merged_adapters.extend(names)
+            yield
+        finally:
+            for layer, base, weight, names in saved:
+                base.weight = weight
+                for n in names:
+                    layer.merged_adapters.remove(n)
+
     # ------------------------------------------------------------------ forward
     def forward(
         self,

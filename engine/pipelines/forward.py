@@ -10,6 +10,7 @@ negatives' zero-token cross-attention reduced to one token (:mod:`.zero_context`
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -48,6 +49,7 @@ class ForwardRenderer:
         self.size_multiple = self.vae_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         self.scaling = self.vae.config.scaling_factor
         install_zero_context_skip(self.unet)  # exact: the CFG negatives' zero env tokens
+        self.merge_lora = True                # fold the LoRA into the weights per call (exact up to rounding)
 
     @classmethod
     def from_pretrained(cls, path_or_name="forward", *, revision: Optional[str] = None, device=None, dtype=None,
@@ -186,7 +188,13 @@ class ForwardRenderer:
 
         base = sampling.initial_noise((1, f, 4, h, w), seed, noise).to(self.device)
         base = base.expand(n_lights, -1, -1, -1, -1).contiguous()
-        # the reference switches the forward scheduler to "trailing" spacing (init sigma = sigma_max)
-        return sample_clip(lambda: sampling.make_scheduler(self.c.scheduler_config, timestep_spacing="trailing"),
-                           num_inference_steps, base, window_fn, plan, blend, callback=callback,
-                           should_cancel=should_cancel)
+        # the LoRA folded into the weights for this call's fixed scale (one matmul per projection instead
+        # of three); not under offload, whose hooks own the weights
+        merge = scale is not None and self.merge_lora and getattr(self.unet, "_dr_execution_device", None) is None
+        if merge:
+            merged_scale, scale = scale, None
+        with self.unet.lora_merged(merged_scale) if merge else contextlib.nullcontext():
+            # the reference switches the forward scheduler to "trailing" spacing (init sigma = sigma_max)
+            return sample_clip(lambda: sampling.make_scheduler(self.c.scheduler_config, timestep_spacing="trailing"),
+                               num_inference_steps, base, window_fn, plan, blend, callback=callback,
+                               should_cancel=should_cancel)
