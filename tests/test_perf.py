@@ -205,3 +205,24 @@ def test_merged_lora_matches_the_unmerged_layers_and_restores_the_weights(fwd, c
     assert not any(layer.merged_adapters for layer in fwd.unet.lora_layers())
     other = fwd(gb, light, num_inference_steps=2, env_resolution=(32, 32), lora_scale=0.0)
     assert np.abs(other - merged).max() > 1e-3                                       # the scale still acts
+
+
+def test_cube_map_cache_is_keyed_by_content_and_settings(monkeypatch):
+    from engine.envmap import cube_cache, process_environment_map
+    from engine.envmap import projection
+
+    cube_cache.clear()
+    built = []
+    real = projection.latlong_to_cubemap
+    monkeypatch.setattr(projection, "latlong_to_cubemap", lambda *a, **k: built.append(1) or real(*a, **k))
+    hdr = synthetic_hdri(5, 32)
+    kw = dict(resolution=(16, 16), num_frames=2, cube_resolution=32)
+    a = process_environment_map(hdr, **kw)
+    b = process_environment_map(hdr.copy(), **kw)                 # same content, another array: a hit
+    assert len(built) == 1 and torch.equal(a["env_ldr"], b["env_ldr"]) and torch.equal(a["env_log"], b["env_log"])
+    process_environment_map(hdr, env_strength=2.0, **kw)           # other settings: a new cube
+    edited = hdr.copy()
+    edited[0, 0] += 1.0
+    process_environment_map(edited, **kw)                          # edited pixels: never served stale
+    process_environment_map(hdr, cache=False, **kw)                # the reference pattern: always rebuilt
+    assert len(built) == 4

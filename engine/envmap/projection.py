@@ -44,6 +44,7 @@ import os
 import numpy as np
 import torch
 
+from . import cube_cache
 from .cubemap import latlong_to_cubemap, pad_cubemap, sample_cubemap
 from .directions import ball_reflect_vec, envmap_vec, rotation_y
 from .encoding import encode_ldr, encode_log
@@ -183,6 +184,7 @@ def process_environment_map(
     device=None,
     dtype=torch.float32,
     return_hdr: bool = False,
+    cache: bool = True,
 ) -> dict:
     """Project a lat-long HDR (H, W, 3) into the model's per-frame env-map conditions.
 
@@ -205,6 +207,9 @@ def process_environment_map(
 
     ``cam_rotations`` (F, 3, 3) or (3, 3): camera-to-world rotations in the env-world frame
     overriding the fixed pose (``elevation`` must then be 0).
+
+    ``cache``: reuse the padded cube map of an identical input and settings from an earlier call in this
+    process (:mod:`.cube_cache`; exact); ``False`` rebuilds it (the reference's behaviour).
     """
     h, w = (int(resolution[0]), int(resolution[1])) if not isinstance(resolution, int) else (resolution, resolution)
     if h < 1 or w < 1:
@@ -230,8 +235,11 @@ def process_environment_map(
         hdr = load_envmap(hdr)
     tex = prepare_envmap(hdr, env_strength, env_flip, env_rot, device=device, dtype=cdt)
     device = tex.device
-    cube = latlong_to_cubemap(tex, int(cube_resolution))
-    padded = pad_cubemap(cube)
+    digest = cube_cache.content_key(hdr) if cache and "cubemap" not in fmts else None
+    key = None if digest is None else (digest, float(env_strength), bool(env_flip), float(env_rot),
+                                       int(cube_resolution), str(device), str(cdt))
+    padded = cube_cache.get_or_build(key, lambda: pad_cubemap(latlong_to_cubemap(tex, int(cube_resolution))))
+    cube = padded[:, 1:-1, 1:-1] if "cubemap" in fmts else None
     out: dict = {}
 
     # per-frame camera-to-world rotation C_f, then light rotation L_f = R_y(a_f): w = L_f (C_f d)
