@@ -46,19 +46,27 @@ class ZeroContextSkip:
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         if (encoder_hidden_states is not None and encoder_hidden_states.shape[1] == 1 and attention_mask is None
                 and hidden_states.ndim == 3 and _plain(attn)):
-            value = attn.to_out[1](attn.to_out[0](attn.to_v(encoder_hidden_states)))   # (rows, 1, C)
-            return value.expand(-1, hidden_states.shape[1], -1)
+            return _one_token(attn, encoder_hidden_states, hidden_states.shape[1])
         fraction = _LEADING_FRACTION.get()
         rows = hidden_states.shape[0]
         n_zero = int(round(rows * fraction))
         if (not n_zero or encoder_hidden_states is None or attention_mask is not None or hidden_states.ndim != 3
                 or encoder_hidden_states.shape[1] <= 1 or encoder_hidden_states.shape[0] != rows):
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        out_z = self.inner(attn, hidden_states[:n_zero], encoder_hidden_states[:n_zero, :1], None, temb, *args, **kwargs)
+        if _plain(attn):   # one (zero) token: the output is to_out(to_v(token)) for every query
+            out_z = _one_token(attn, encoder_hidden_states[:n_zero, :1], hidden_states.shape[1])
+        else:
+            out_z = self.inner(attn, hidden_states[:n_zero], encoder_hidden_states[:n_zero, :1], None, temb,
+                               *args, **kwargs)
         if n_zero == rows:
             return out_z
         out_c = self.inner(attn, hidden_states[n_zero:], encoder_hidden_states[n_zero:], None, temb, *args, **kwargs)
-        return torch.cat([out_z, out_c])
+        return torch.cat([out_z.to(out_c.dtype), out_c])
+
+
+def _one_token(attn, token: torch.Tensor, n_queries: int) -> torch.Tensor:
+    """Attention over a single context token: ``to_out(to_v(token))`` for every one of ``n_queries``."""
+    return attn.to_out[1](attn.to_out[0](attn.to_v(token))).expand(-1, n_queries, -1)
 
 
 def _plain(attn) -> bool:
