@@ -18,7 +18,6 @@ up/down samplers, time embeddings) is diffusers' own module.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -30,6 +29,7 @@ from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemp
 
 from ._config import construct_on, init_kwargs_from_config
 from .unet_blocks import down_cross, mid, up_cross
+from .unet_lora import LoraControls
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def _per_level(value, n_levels: int, name: str) -> list:
     return value
 
 
-class DRUNet(UNetSpatioTemporalConditionModel):
+class DRUNet(LoraControls, UNetSpatioTemporalConditionModel):
     """DiffusionRenderer UNet (``UNetCustomSpatioTemporalConditionModel`` of the original release).
 
     Extra config fields over diffusers' ``UNetSpatioTemporalConditionModel``:
@@ -190,66 +190,9 @@ class DRUNet(UNetSpatioTemporalConditionModel):
             tb.attn2 is not None for t in self._st_transformers() for tb in t.temporal_transformer_blocks
         )
 
-    @property
-    def has_lora(self) -> bool:
-        return bool(self.lora_layers())
-
-    def lora_layers(self) -> list[nn.Module]:
-        from peft.tuners.lora import LoraLayer
-
-        return [m for m in self.modules() if isinstance(m, LoraLayer) and len(m.lora_A) > 0]
-
     def _st_transformers(self) -> Iterable[nn.Module]:
         for block in [*self.down_blocks, self.mid_block, *self.up_blocks]:
             yield from getattr(block, "attentions", None) or []
-
-    # ------------------------------------------------------------------ LoRA scale
-    @contextlib.contextmanager
-    def lora_scale_applied(self, scale: float | None):
-        """Multiply every LoRA layer's scaling by ``scale`` inside the block; restore it exactly afterwards."""
-        if scale is None or float(scale) == 1.0:
-            yield
-            return
-        layers = self.lora_layers()
-        saved = [(layer, dict(layer.scaling)) for layer in layers]
-        try:
-            for layer, scalings in saved:
-                for name, value in scalings.items():
-                    layer.scaling[name] = value * float(scale)
-            yield
-        finally:
-            for layer, scalings in saved:
-                layer.scaling.clear()
-                layer.scaling.update(scalings)
-
-    @contextlib.contextmanager
-    def lora_merged(self, scale: float | None = None):
-        """Inside the block every LoRA layer runs as one matmul with ``W + scale·ΔW`` (its delta folded
-        into a merged copy of the base weight) instead of three; the original weight objects are put
-        back afterwards, so nothing drifts across jobs. Exact up to rounding; costs one copy of the
-        LoRA-targeted weights while active. Do not combine with per-call ``lora_scale``."""
-        layers = self.lora_layers()
-        s = 1.0 if scale is None else float(scale)
-        saved = []
-        try:
-            with torch.no_grad():
-                for layer in layers:
-                    names = [n for n in layer.active_adapters if n in layer.lora_A and n not in layer.merged_adapters]
-                    base = layer.get_base_layer()
-                    if not names or not isinstance(getattr(base, "weight", None), nn.Parameter):
-                        continue
-                    weight = base.weight
-                    delta = sum(layer.get_delta_weight(n).to(torch.float32) for n in names) * s
-                    merged = nn.Parameter((weight.to(torch.float32) + delta).to(weight.dtype), requires_grad=False)
-                    saved.append((layer, base, weight, names))
-                    base.weight = merged
-                    layer.merged_adapters.extend(names)
-            yield
-        finally:
-            for layer, base, weight, names in saved:
-                base.weight = weight
-                for n in names:
-                    layer.merged_adapters.remove(n)
 
     # ------------------------------------------------------------------ forward
     def forward(
