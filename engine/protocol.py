@@ -193,6 +193,8 @@ FORWARD_PARAMS = {
     **_SAMPLING,
 }
 PARAMS = {"inverse": INVERSE_PARAMS, "forward": FORWARD_PARAMS}
+ESTIMATE_SIZE = {k: Field("int", k in ("width", "height", "frames"), minimum=1)
+                 for k in ("width", "height", "frames", "passes", "lights")}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -220,15 +222,24 @@ def _version_problem(msg: dict) -> tuple | None:
     return None
 
 
-def _params_problems(kind: str, params: dict) -> list:
+def _table_problems(obj: dict, table: dict, prefix: str, where: str) -> list:
+    """Required fields missing from ``obj`` and every field's own problems."""
+    out = []
+    for name, f in table.items():
+        if name not in obj:
+            if f.required:
+                out.append(f"field '{prefix}{name}': required {where}")
+            continue
+        out += _check_field(prefix + name, obj[name], f)
+    return out
+
+
+def _params_problems(kind: str, params: dict, inputs: bool = True) -> list:
+    """Problems of a job's params; ``inputs=False`` (estimates): the input fields may be left out."""
     table = PARAMS[kind]
     out = [f"field 'params.{k}': unknown parameter for {kind} jobs" for k in params if k not in table]
-    for name, f in table.items():
-        if name not in params:
-            if f.required:
-                out.append(f"field 'params.{name}': required for {kind} jobs")
-            continue
-        out += _check_field(f"params.{name}", params[name], f)
+    out += _table_problems(params, table if inputs else {k: f for k, f in table.items() if not f.required},
+                           "params.", f"for {kind} jobs")
     frames, overlap = params.get("frames", 24), params.get("overlap", 6)
     if _is(frames, "int") and _is(overlap, "int") and frames >= 1 and not 0 <= overlap < frames:
         out.append(f"field 'params.overlap': must be between 0 and frames - 1 ({frames - 1}), got {overlap}")
@@ -259,23 +270,14 @@ def _classify(msg, direction: str) -> tuple:
     if table is None:
         return "unknown_type", [f"unknown message type {mtype!r}; {direction.replace('_', ' ')} types are: "
                                 f"{', '.join(MESSAGES[direction])}"]
-    problems = []
-    for name, f in table.items():
-        if name not in msg:
-            if f.required:
-                problems.append(f"field '{name}': required in a {mtype} message")
-            continue
-        problems += _check_field(name, msg[name], f)
+    problems = _table_problems(msg, table, "", f"in a {mtype} message")
     if "job" in table and isinstance(msg.get("job"), str) and not 1 <= len(msg["job"]) <= 128:
         problems.append("field 'job': must be 1 to 128 characters")
     if mtype == "submit" and direction == TO_ENGINE and not problems:
         problems += _params_problems(msg["kind"], msg["params"])
     if mtype == "estimate" and direction == TO_ENGINE and not problems:
-        size = msg["size"]
-        problems += [p for k in ("width", "height", "frames", "passes", "lights") if k in size or k in ("width",
-                     "height", "frames") for p in _check_field(f"size.{k}", size.get(k), Field("int", minimum=1))]
-        params = {k: v for k, v in msg.get("params", {}).items() if k not in ("input", "gbuffers", "hdri")}
-        problems += [p for p in _params_problems(msg["kind"], params) if "required" not in p]
+        problems += _table_problems(msg["size"], ESTIMATE_SIZE, "size.", "in an estimate")
+        problems += _params_problems(msg["kind"], msg.get("params", {}), inputs=False)
     return "invalid_params", problems
 
 
