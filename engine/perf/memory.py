@@ -13,6 +13,7 @@ have nothing to offload to and are skipped (chunking still applies).
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -104,6 +105,7 @@ def _on_device(module: torch.nn.Module, device: torch.device) -> bool:
     return p is not None and p.device.type == device.type
 
 
+@functools.lru_cache(maxsize=1)
 def _exclusive_hook_class():
     from accelerate.hooks import ModelHook
     from accelerate.utils import send_to_device
