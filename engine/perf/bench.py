@@ -8,7 +8,7 @@ Cases (each timed ``repeats`` times after one warm-up call; the fastest run is r
 | ``inverse_1`` / ``inverse_5`` | our inverse renderer, 1 pass / the 5 default passes in one UNet batch |
 | ``forward_1`` / ``forward_2`` | our forward renderer, 1 HDRI / 2 HDRIs sampled together |
 | ``ref_*`` | the same work in the reference's call pattern (:mod:`.reference_pattern`) |
-| variants | ``preview`` (forward, guidance 1.0), ``channels_last``, ``full_decode`` (one decoder call for the clip), ``no_sdpa`` (classic attention), ``low_vram`` / ``minimal`` (memory modes), ``compile`` (torch.compile of the UNet) |
+| variants | ``preview`` (forward, guidance 1.0), ``channels_last``, ``full_decode`` (one decoder call for the clip), ``no_sdpa`` (classic attention), ``temporal_conv`` (temporal convolutions in the device's non-default form), ``low_vram`` / ``minimal`` (memory modes), ``compile`` (torch.compile of the UNet) |
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from engine.perf.models import build_components
 from engine.perf.reference_pattern import reference_forward, reference_inverse
 
 FIVE = ("basecolor", "metallic", "roughness", "normal", "depth")
-VARIANTS = ("preview", "channels_last", "full_decode", "no_sdpa", "low_vram", "minimal", "compile")
-DEFAULT_VARIANTS = ("preview", "channels_last", "full_decode", "no_sdpa", "low_vram")
+VARIANTS = ("preview", "channels_last", "full_decode", "no_sdpa", "temporal_conv", "low_vram", "minimal", "compile")
+DEFAULT_VARIANTS = ("preview", "channels_last", "full_decode", "no_sdpa", "temporal_conv", "low_vram")
 
 
 def synthetic_hdri(seed: int, height: int = 256) -> np.ndarray:
@@ -125,6 +125,26 @@ def _classic_attention(unet):
         unet.set_attn_processor(saved)
 
 
+@contextlib.contextmanager
+def _other_temporal_conv(renderer):
+    """The temporal convolutions in the state the device does *not* use by default (stock Conv3d where
+    they are folded into Conv2d, and the other way round); yields the case suffix."""
+    from engine.models.temporal_conv import fold_temporal_convs, unfold_temporal_convs
+
+    mods = (renderer.unet, renderer.vae)
+    if unfold_temporal_convs(*mods):
+        try:
+            yield "stock_conv3d"
+        finally:
+            fold_temporal_convs(*mods)
+    else:
+        fold_temporal_convs(*mods)
+        try:
+            yield "conv3d_as_conv2d"
+        finally:
+            unfold_temporal_convs(*mods)
+
+
 def set_channels_last(module: torch.nn.Module, on: bool = True) -> None:
     """Convolution weights in channels-last (NHWC) layout, or back to contiguous."""
     fmt = torch.channels_last if on else torch.contiguous_format
@@ -187,6 +207,9 @@ def run_bench(*, size: str = "full", width: int = 512, height: int = 512, frames
     if "no_sdpa" in variants:
         with _classic_attention(inv.unet):
             case("inverse_1_no_sdpa", inv, lambda: inv(video, passes=FIVE[:1], **kw))
+    if "temporal_conv" in variants:
+        with _other_temporal_conv(inv) as suffix:
+            case(f"inverse_1_{suffix}", inv, lambda: inv(video, passes=FIVE[:1], **kw))
     if "channels_last" in variants:
         set_channels_last(inv.unet)
         case("inverse_1_channels_last", inv, lambda: inv(video, passes=FIVE[:1], **kw))
@@ -209,6 +232,9 @@ def run_bench(*, size: str = "full", width: int = 512, height: int = 512, frames
         case("ref_forward_2", fwd, lambda: reference_forward(fwd, gb, hdrs, **ref_kw))
     if "preview" in variants:
         case("forward_1_preview", fwd, lambda: fwd_call(fwd, hdrs[:1], guidance_scale=1.0))
+    if "temporal_conv" in variants:
+        with _other_temporal_conv(fwd) as suffix:
+            case(f"forward_1_{suffix}", fwd, lambda: fwd_call(fwd, hdrs[:1]))
     if "channels_last" in variants:
         set_channels_last(fwd.unet)
         case("forward_1_channels_last", fwd, lambda: fwd_call(fwd, hdrs[:1]))

@@ -27,7 +27,9 @@ from engine.pipelines.vae_codec import encode_mean, to_frames_tensor
 @contextlib.contextmanager
 def as_reference(renderer):
     """The reference's model-level computation for the block: LoRA unmerged, attention over every context
-    token (our exact shortcuts of :mod:`engine.pipelines.zero_context` unwrapped); restored afterwards."""
+    token (our exact shortcuts of :mod:`engine.pipelines.zero_context` unwrapped), stock Conv3d temporal
+    convolutions; restored afterwards."""
+    from engine.models.temporal_conv import fold_temporal_convs, unfold_temporal_convs
     from engine.pipelines.zero_context import ZeroContextSkip
 
     wrapped = [m for m in renderer.unet.modules() if isinstance(getattr(m, "processor", None), ZeroContextSkip)]
@@ -36,9 +38,12 @@ def as_reference(renderer):
         m.set_processor(m.processor.inner)
     if merge is not None:
         renderer.merge_lora = False
+    folded = unfold_temporal_convs(renderer.unet, renderer.vae)
     try:
         yield
     finally:
+        if folded:
+            fold_temporal_convs(renderer.unet, renderer.vae)
         for m in wrapped:
             m.set_processor(ZeroContextSkip(m.processor))
         if merge is not None:
