@@ -133,12 +133,14 @@ def _meta(*shape, dtype=torch.float32):
 @lru_cache(maxsize=256)
 def unet_cost(kind: str, size: str, dtype_name: str, ff_chunking: bool, items: int, frames: int, h: int, w: int,
               tokens: str = "full") -> tuple[int, int]:
-    """(FLOPs, activation bytes) of one UNet call on ``items`` × ``frames`` latents of h × w.
+    """(FLOPs, activation bytes) of one UNet call on ``items`` × ``frames`` latents of h × w, with
+    ``dtype_name`` weights (under autocast to that dtype unless float32, as the pipelines run).
     ``tokens="one"``: the forward negatives (one env token per level, see pipelines.zero_context)."""
-    from engine.perf.meta_trace import trace
+    from engine.perf.meta_trace import trace as _trace
 
     unet = _meta_model(f"{kind}_unet", size, dtype_name, ff_chunking)
     dt = getattr(torch, dtype_name)
+    trace = lambda fn: _trace(fn, _autocast(dtype_name))  # noqa: E731
     x = _meta(items, frames, unet.config.in_channels, h, w, dtype=dt)
     ids = _meta(items, 3)
     if kind == "inverse":
@@ -152,17 +154,18 @@ def unet_cost(kind: str, size: str, dtype_name: str, ff_chunking: bool, items: i
 
 
 @lru_cache(maxsize=256)
-def vae_cost(size: str, op: str, n: int, height: int, width: int) -> tuple[int, int]:
-    """(FLOPs, activation bytes) of one VAE ``encode`` of n images or ``decode`` of n frames."""
+def vae_cost(size: str, op: str, n: int, height: int, width: int, dtype_name: str = "float32") -> tuple[int, int]:
+    """(FLOPs, activation bytes) of one VAE ``encode`` of n images or ``decode`` of n frames: float32
+    weights (``force_upcast``), computing under autocast to ``dtype_name`` unless that is float32."""
     from engine.perf.meta_trace import trace
 
     vae = _meta_model("vae", size, "float32", False)
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     if op == "encode":
         x = _meta(n, 3, height, width)
-        return trace(lambda: vae.encode(x))
+        return trace(lambda: vae.encode(x), _autocast(dtype_name))
     z = _meta(n, 4, height // f, width // f)
-    return trace(lambda: vae.decode(z, num_frames=n))
+    return trace(lambda: vae.decode(z, num_frames=n), _autocast(dtype_name))
 
 
 @lru_cache(maxsize=64)
@@ -170,7 +173,12 @@ def env_encoder_cost(size: str, dtype_name: str, n: int, height: int, width: int
     from engine.perf.meta_trace import trace
 
     enc = _meta_model("env_encoder", size, dtype_name, False)
-    return trace(lambda: enc(_meta(n, 12, height, width, dtype=getattr(torch, dtype_name))))
+    return trace(lambda: enc(_meta(n, 12, height, width, dtype=getattr(torch, dtype_name))), _autocast(dtype_name))
+
+
+def _autocast(dtype_name: str):
+    """The pipelines compute under ``torch.autocast`` whenever their dtype is not float32."""
+    return None if dtype_name == "float32" else getattr(torch, dtype_name)
 
 
 # ------------------------------------------------------------------------------------------ estimate
@@ -215,21 +223,21 @@ def estimate(kind: str, *, width: int, height: int, frames: int, steps: int = 20
     evals = steps * len(plan) * groups
     unet_flops = sum(c[0] for c in call) * evals
     unet_act = call[0][1] + (call[1][1] if cfg else 0)
-    enc_one = vae_cost(size, "encode", 1, height, width)
-    enc_act = vae_cost(size, "encode", min(plan_mem.encode_chunk, images), height, width)[1]
+    enc_one = vae_cost(size, "encode", 1, height, width, dname)
+    enc_act = vae_cost(size, "encode", min(plan_mem.encode_chunk, images), height, width, dname)[1]
     vae_flops = enc_one[0] * images
     env_seconds = 0.0
     if kind == "forward":
         eh, ew = env_resolution
         env_images = (2 * frames if rotate_light else 2) + 1
-        vae_flops += vae_cost(size, "encode", 1, eh, ew)[0] * env_images * lights
+        vae_flops += vae_cost(size, "encode", 1, eh, ew, dname)[0] * env_images * lights
         enc_env = env_encoder_cost(size, dname, 1, eh // vae_f, ew // vae_f)
         vae_flops += enc_env[0] * (frames if rotate_light else 1) * lights
         env_seconds = prof.envmap_s_per_mpx * (frames if rotate_light else 1) * eh * ew / 1e6 * lights
     chunk = min(plan_mem.decode_chunk or decode_chunk, frames)
     dec_overlap = plan_mem.decode_overlap if plan_mem.decode_overlap is not None else decode_overlap
     dec_frames = frames if chunk >= frames else math.ceil(frames * chunk / max(1, chunk - min(dec_overlap, chunk - 1)))
-    dec = vae_cost(size, "decode", chunk, height, width)
+    dec = vae_cost(size, "decode", chunk, height, width, dname)
     vae_flops += dec[0] / chunk * dec_frames * items
     dec_act = dec[1]  # clips are decoded one at a time (vae_codec.decode_frames)
     wbytes = {"unet": _params(f"{kind}_unet", size) * dt.itemsize, "vae": _params("vae", size) * 4}
