@@ -161,6 +161,21 @@ def test_meta_trace_counts_flops_and_activation_memory():
     assert flops == 4 * 2 * 4 * 1024 * 1024 * 16 and peak == q.numel() * 4   # no 1024² score matrix
 
 
+def test_meta_trace_follows_cuda_autocast_dtypes():
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1, device="meta")     # float32 weights, as the VAE's
+    gn = torch.nn.GroupNorm(2, 8, device="meta")
+    x = torch.zeros(1, 8, 16, 16, device="meta")
+    act = 8 * 16 * 16
+    assert trace(lambda: conv(x))[1] == act * 4
+    # autocast fp16: the input, weight and bias are cast (copies alive during the op), the output is fp16
+    assert trace(lambda: conv(x), torch.float16)[1] == act * 2 + (8 * 8 * 9 + 8) * 2 + act * 2
+    x16 = x.half()
+    # group norm runs in float32 under autocast: an fp32 copy of the input and an fp32 output (+ mean, rstd)
+    assert trace(lambda: gn(x16))[1] == act * 2 + 2 * 2 * 2
+    assert trace(lambda: gn(x16), torch.float16)[1] == act * 4 + act * 4 + 2 * 2 * 4
+    assert trace(lambda: conv(x), torch.float16)[0] == trace(lambda: conv(x))[0]    # same FLOPs
+
+
 def test_cost_model_orders_modes_and_sizes():
     prof = cost_model.Profile("test", 100.0, 10.0, 0.01, 0.05)
     est = {m: cost_model.estimate("forward", width=512, height=512, frames=24, device="cuda", memory=m, profile=prof,
