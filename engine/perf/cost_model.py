@@ -108,7 +108,7 @@ def profile_from_bench(report: dict) -> Profile:
 @lru_cache(maxsize=8)
 def _meta_model(part: str, size: str, dtype_name: str, ff_chunking: bool):
     from engine.models import build_env_encoder_from_config, build_unet_from_config, build_vae_from_config
-    from engine.perf.memory import enable_ff_chunking
+    from engine.perf.memory import chunk_feed_forward, enable_ff_chunking
     from engine.perf.models import configs_for
     from engine.pipelines.zero_context import install_zero_context_skip
 
@@ -117,6 +117,7 @@ def _meta_model(part: str, size: str, dtype_name: str, ff_chunking: bool):
     if part.endswith("_unet"):
         m = build_unet_from_config(cfg[part], device="meta", dtype=dtype)
         install_zero_context_skip(m)   # as the pipelines run it (exact shortcuts)
+        chunk_feed_forward(m)
         if ff_chunking:
             enable_ff_chunking(m)
     elif part == "vae":

@@ -6,7 +6,11 @@
 | ``low-vram`` | *model CPU offload* (each of UNet / VAE / EnvEncoder moved to the GPU only while it runs, via accelerate hooks), UNet feed-forward chunking (exact), one inverse pass per UNet batch, encode 1 image per call, decode chunks of 2 frames with a 1-frame overlap | PCIe transfers per stage; more, smaller decoder calls |
 | ``minimal`` | *sequential offload* (every sub-module's weights streamed to the GPU for its own forward), feed-forward chunking, encode 1 image and decode 1 frame per call | much slower; the last resort for small cards |
 
-Feed-forward chunking splits each transformer feed-forward over tokens; it is exact (same numbers).
+Every mode evaluates each transformer feed-forward over at most :data:`FF_MAX_TOKENS` tokens at a time
+(:func:`chunk_feed_forward`, installed by the renderers): one 24-frame 512² clip's worth, so a batch of
+five inverse passes keeps one pass's GEGLU intermediate instead of five, at no cost in speed (each
+chunk is still a large matmul). The low-VRAM modes chunk further, one frame at a time. Feed-forward
+chunking is exact (the feed-forward is row-wise: same numbers).
 Smaller decode chunks change the temporal decoder's context at chunk borders (as the reference's own
 ``decode_chunk_size`` does); the overlap cross-fades them. On a CPU-only machine the offload parts
 have nothing to offload to and are skipped (chunking still applies).
@@ -18,6 +22,8 @@ import logging
 from dataclasses import dataclass
 
 import torch
+
+from engine.models.ff_chunk import FF_MAX_TOKENS, chunk_feed_forward  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+from engine.models.ff_chunk import chunk_feed_forward
 from engine.models.temporal_conv import default_fold, fold_temporal_convs
 from engine.pipelines import sampling
 from engine.pipelines.components import Components, load_components, resolve_checkpoint
@@ -50,6 +51,7 @@ class ForwardRenderer:
         self.size_multiple = self.vae_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         self.scaling = self.vae.config.scaling_factor
         install_zero_context_skip(self.unet)  # exact: the CFG negatives' zero env tokens
+        chunk_feed_forward(self.unet)          # exact: feed-forwards over ≤ one clip's tokens at a time
         if default_fold(self.device):  # temporal Conv3d as Conv2d: exact, 2-4x faster on CPUs
             fold_temporal_convs(self.unet, self.vae)
         self.merge_lora = True                # fold the LoRA into the weights per call (exact up to rounding)

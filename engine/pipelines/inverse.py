@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from engine.models.ff_chunk import chunk_feed_forward
 from engine.models.temporal_conv import default_fold, fold_temporal_convs
 from engine.pipelines import sampling
 from engine.pipelines.components import Components, load_components, resolve_checkpoint
@@ -53,6 +54,7 @@ class InverseRenderer:
         n_down = len(self.unet.config.block_out_channels) - 1
         self.size_multiple = self.vae_factor * 2 ** n_down
         install_zero_context_skip(self.unet)  # exact: one context token per pass
+        chunk_feed_forward(self.unet)          # exact: feed-forwards over ≤ one clip's tokens at a time
         if default_fold(self.device):  # temporal Conv3d as Conv2d: exact, 2-4x faster on CPUs
             fold_temporal_convs(self.unet, self.vae)
         self.vocab = self.unet.context_embedding.num_embeddings if getattr(self.unet, "context_embedding", None) is not None else 0
