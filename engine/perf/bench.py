@@ -80,6 +80,7 @@ def run_case(name: str, renderer, fn, device, repeats: int, flops_fn=None) -> di
     fn()
     best = None
     peak = 0
+    walls = []
     for _ in range(max(1, repeats)):
         _clear(device)
         clock = StageClock(device).install(renderer.unet, renderer.vae, getattr(renderer, "env_encoder", None))
@@ -93,10 +94,12 @@ def run_case(name: str, renderer, fn, device, repeats: int, flops_fn=None) -> di
         finally:
             clock.uninstall()
         peak = max(peak, mem.peak)
+        walls.append(wall)
         if best is None or wall < best[0]:
             best = (wall, clock, cpu)
     wall, clock, cpu = best
-    out = {"wall_seconds": round(wall, 4), "cpu_seconds": round(cpu, 4), "stages": clock.summary(wall), "unet_evals": clock.unet_calls,
+    out = {"wall_seconds": round(wall, 4), "wall_seconds_runs": [round(w, 4) for w in walls],
+           "wall_spread": round(max(walls) / wall - 1.0, 4), "cpu_seconds": round(cpu, 4), "stages": clock.summary(wall), "unet_evals": clock.unet_calls,
            "unet_batch_items": clock.unet_samples, "peak_memory_gb": round(peak / 2**30, 3),
            "peak_memory_kind": "cuda_max_allocated" if device.type == "cuda" else "process_rss"}
     if flops_fn is not None:

@@ -59,13 +59,15 @@ def _fmt(v, nd=3):
 
 
 def format_table(r: dict) -> str:
-    head = ["case", "wall s", "cpu s", "envmap", "env enc", "vae enc", "unet", "decode", "UNet evals (items)",
+    head = ["case", "wall s", "spread", "cpu s", "envmap", "env enc", "vae enc", "unet", "decode", "UNet evals (items)",
             "peak GB", "UNet TFLOP/s", "of peak"]
     rows = [head]
     for name, c in r["cases"].items():
         st = c["stages"]
         util = c.get("unet_utilisation")
-        rows.append([name, _fmt(c["wall_seconds"]), _fmt(c.get("cpu_seconds")), _fmt(st["envmap"]),
+        spread = c.get("wall_spread")
+        rows.append([name, _fmt(c["wall_seconds"]), "-" if spread is None else f"+{100 * spread:.0f} %",
+                     _fmt(c.get("cpu_seconds")), _fmt(st["envmap"]),
                      _fmt(st["env_encode"]), _fmt(st["vae_encode"]), _fmt(st["unet"]), _fmt(st["decode"]),
                      f"{c['unet_evals']} ({c['unet_batch_items']})", _fmt(c["peak_memory_gb"], 2),
                      _fmt(c.get("unet_tflops_per_s"), 3), "-" if util is None else f"{100 * util:.0f} %"])
@@ -80,7 +82,9 @@ def format_table(r: dict) -> str:
                                                  "reference_forward_over_inverse", "five_passes_over_one",
                                                  "two_hdris_over_one")]
     speed = ", ".join(f"{k} ×{_fmt(v, 2)}" for k, v in r.get("speedups", {}).items())
-    return "\n".join([title, "", *lines, "", *summary, f"speed-up over the reference pattern: {speed or '-'}"])
+    note = ("wall s: the fastest of the timed runs; spread: how much slower the slowest was (timing noise: "
+            "compare ratios only where it is small)")
+    return "\n".join([title, "", *lines, "", *summary, f"speed-up over the reference pattern: {speed or '-'}", note])
 
 
 def cmd_bench(args) -> int:
