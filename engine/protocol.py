@@ -13,8 +13,35 @@ one is informative (additions only: new optional fields, new message types).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import math
+import os
+import sys
+
+
+def _load_sibling(name: str):
+    """``engine/<name>.py``: a package import in the engine; a file-path import where this file was itself
+    loaded by path (the Blender add-on), registered under this module's own name."""
+    if __package__:
+        return importlib.import_module(f"{__package__}.{name}")
+    key = f"{__name__}.{name}"
+    if key not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+        spec = importlib.util.spec_from_file_location(key, path)
+        sys.modules[key] = module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[key]
+            raise
+    return sys.modules[key]
+
+
+_fields = _load_sibling("protocol_fields")
+Field, markdown_table = _fields.Field, _fields.markdown_table
+_is, _check_field, _show, _table_problems = _fields.is_type, _fields.check_field, _fields.show, _fields.table_problems
 
 PROTOCOL_VERSION = (1, 1)   # 1.1: "estimate" request/reply, "memory" job parameter
 VERSION = f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
@@ -49,62 +76,6 @@ class ProtocolError(ValueError):
         super().__init__(message)
         self.code, self.problems = code, list(problems or [message])
         self.reply_to, self.job = reply_to, job
-
-
-class Field:
-    """One field: ``types`` in a small notation ('str', 'int', 'num', 'bool', 'obj', 'list', 'null',
-    'list[str]', unions with '|'), plus optional choices / minimum / maximum / list length."""
-    __slots__ = ("choices", "doc", "length", "maximum", "minimum", "required", "types")
-
-    def __init__(self, types: str, required: bool = False, *, choices=None, minimum=None, maximum=None,
-                 length=None, doc: str = ""):
-        self.types, self.required, self.choices = types, required, choices
-        self.minimum, self.maximum, self.length, self.doc = minimum, maximum, length, doc
-
-
-def _is(value, t: str) -> bool:
-    if t.startswith("list[") and t.endswith("]"):
-        return isinstance(value, list) and all(_is(v, t[5:-1]) for v in value)
-    if t == "str":
-        return isinstance(value, str)
-    if t == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if t == "num":
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if t == "bool":
-        return isinstance(value, bool)
-    if t == "obj":
-        return isinstance(value, dict)
-    if t == "list":
-        return isinstance(value, list)
-    if t == "null":
-        return value is None
-    raise KeyError(t)
-
-
-def _check_field(name: str, value, f: Field) -> list:
-    if not any(_is(value, t) for t in f.types.split("|")):
-        return [f"field '{name}': expected {f.types}, got {_show(value)}"]
-    if value is None:
-        return []
-    items = value if isinstance(value, list) else [value]
-    out = []
-    if f.length is not None and isinstance(value, list) and not f.length[0] <= len(value) <= f.length[1]:
-        lo, hi = f.length
-        out.append(f"field '{name}': expected {lo if lo == hi else f'{lo} to {hi}'} item(s), got {len(value)}")
-    for v in items:
-        if f.choices is not None and v not in f.choices:
-            out.append(f"field '{name}': {_show(v)} is not one of {', '.join(map(str, f.choices))}")
-        if f.minimum is not None and isinstance(v, (int, float)) and v < f.minimum:
-            out.append(f"field '{name}': must be at least {f.minimum}, got {v}")
-        if f.maximum is not None and isinstance(v, (int, float)) and v > f.maximum:
-            out.append(f"field '{name}': must be at most {f.maximum}, got {v}")
-    return out
-
-
-def _show(value) -> str:
-    text = json.dumps(value, default=repr) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # ----------------------------------------------------------------------------- the message table
@@ -220,18 +191,6 @@ def _version_problem(msg: dict) -> tuple | None:
         return "version_mismatch", (f"protocol version {msg['v']} is not compatible with {VERSION} (the major "
                                     "version must match: update the engine or the add-on)")
     return None
-
-
-def _table_problems(obj: dict, table: dict, prefix: str, where: str) -> list:
-    """Required fields missing from ``obj`` and every field's own problems."""
-    out = []
-    for name, f in table.items():
-        if name not in obj:
-            if f.required:
-                out.append(f"field '{prefix}{name}': required {where}")
-            continue
-        out += _check_field(prefix + name, obj[name], f)
-    return out
 
 
 def _params_problems(kind: str, params: dict, inputs: bool = True) -> list:
@@ -441,10 +400,4 @@ def status_reply(running: dict | None, queued: list, loaded_models: list, reply_
 
 def message_table() -> str:
     """Markdown table of every message and field (docs/PROTOCOL.md embeds it)."""
-    rows = ["| direction | type | required fields | optional fields |", "|---|---|---|---|"]
-    for direction, table in MESSAGES.items():
-        for mtype, fields in table.items():
-            req = ", ".join(f"`{k}` ({f.types.replace('|', ' or ')})" for k, f in fields.items() if f.required)
-            opt = ", ".join(f"`{k}` ({f.types.replace('|', ' or ')})" for k, f in fields.items() if not f.required)
-            rows.append(f"| {direction} | `{mtype}` | {req or '—'} | {opt or '—'} |")
-    return "\n".join(rows)
+    return markdown_table(MESSAGES)

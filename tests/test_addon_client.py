@@ -246,6 +246,7 @@ def fake_engine(root: Path, main: str = FAKE_MAIN, protocol_version=None, with_p
                               flags=re.MULTILINE)
             assert n == 1, "engine/protocol.py no longer has a 'PROTOCOL_VERSION = (M, m)' line"
         (pkg / "protocol.py").write_text(text)
+        (pkg / "protocol_fields.py").write_text((REPO / "engine" / "protocol_fields.py").read_text())
     return root
 
 

@@ -18,12 +18,26 @@ FWD = {"gbuffers": "/sets/plate", "hdri": ["/hdri/studio.hdr"], "guidance": 1.0}
 def test_protocol_module_is_stdlib_only():
     code = ("import sys; import engine.protocol as p; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'diffusers', 'engine') "
-            "and m not in ('engine', 'engine.protocol')]; print(bad)")
+            "and m not in ('engine', 'engine.protocol', 'engine.protocol_fields')]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    src = (REPO / "engine" / "protocol.py").read_text()
-    imports = set(re.findall(r"^(?:from|import) ([\w.]+)", src, re.MULTILINE))
-    assert imports <= {"__future__", "json", "math", "typing"}, imports
+    allowed = {"__future__", "json", "math", "typing", "importlib", "importlib.util", "os", "sys"}
+    for name in ("protocol.py", "protocol_fields.py"):
+        src = (REPO / "engine" / name).read_text()
+        imports = set(re.findall(r"^\s*(?:from|import) ([\w.]+)", src, re.MULTILINE))
+        assert imports <= allowed, (name, imports)
+
+
+def test_protocol_loads_by_file_path_as_the_addon_does():
+    """Blender has no ``engine`` package: protocol.py loaded by path finds its sibling protocol_fields.py."""
+    code = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('_dr_p', sys.argv[1]); "
+            "m = importlib.util.module_from_spec(spec); sys.modules['_dr_p'] = m; spec.loader.exec_module(m); "
+            "print(m.validate(m.submit('j', 'inverse', '/tmp/j', {'input': 'a.mp4', 'steps': 0})), "
+            "sorted(k for k in sys.modules if k.startswith('_dr_p')), 'engine' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(REPO / "engine" / "protocol.py")], cwd="/",
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ("[\"field 'params.steps': must be at least 1, got 0\"] "
+                                  "['_dr_p', '_dr_p.protocol_fields'] False")
 
 
 def test_version_and_pass_list_match_the_engine():
