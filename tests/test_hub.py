@@ -1,142 +1,50 @@
-"""engine.hub against a fake Hugging Face Hub (no network: HfApi and snapshot_download are replaced)."""
+"""engine.hub against a fake Hugging Face Hub (no network: HfApi and snapshot_download are replaced, see
+hub_fakes.py): the registry and download patterns, revisions (pinned, main recorded, explicit), the cache
+location and unavailable weights. Local folders, the revision record, the local report and the CLI:
+test_hub_local.py.
+"""
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import os
-import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-huggingface_hub = pytest.importorskip("huggingface_hub")
+pytest.importorskip("huggingface_hub")
 from huggingface_hub import errors as hf_errors  # noqa: E402
-from huggingface_hub.utils import are_progress_bars_disabled, filter_repo_objects  # noqa: E402
+from huggingface_hub.utils import filter_repo_objects  # noqa: E402
 
 from engine import hub  # noqa: E402
 from engine.hub import (  # noqa: E402
     PUBLISHED_MODELS,
     ModelSpec,
     WeightsUnavailableError,
-    add_download_arguments,
-    describe_local_models,
     download,
     resolve_model,
-    run_download,
 )
-
-FORWARD_PIN = "bea8a656cff77215e70f1081070bd2b39dad004d"
-INVERSE_MAIN = "1" * 40
-OBJAVERSE_MAIN = "2" * 40
-V2_SHA = "3" * 40
-OTHER_SHA = "4" * 40
-
-WEIGHTS = "diffusion_pytorch_model.safetensors"
-COMMON = ["README.md", ".gitattributes", "config.json", "asset/teaser.jpg", "model_index.json", "unet/notes.txt",
-          "unet/config.json", f"unet/{WEIGHTS}", "unet/diffusion_pytorch_model.bin", "unet/model.ckpt",
-          "vae/config.json", f"vae/{WEIGHTS}", "vae/diffusion_pytorch_model.bin", "vae/state.pkl",
-          "scheduler/scheduler_config.json"]
-FORWARD_EXTRA = ["env_encoder/config.json", f"env_encoder/{WEIGHTS}", "env_encoder/diffusion_pytorch_model.bin",
-                 "lora/pytorch_lora_weights.safetensors", "lora/pytorch_lora_weights.bin",
-                 "nrm_encoder/config.json", f"nrm_encoder/{WEIGHTS}",
-                 "env_decoder/config.json", f"env_decoder/{WEIGHTS}"]
-REPO_FILES = {
-    "nexuslrf/diffusion_renderer-inverse-svd": COMMON,
-    "nexuslrf/diffusion_renderer-forward-svd": COMMON + FORWARD_EXTRA,
-    "nexuslrf/diffusion_renderer-forward-svd-objaverse": COMMON + FORWARD_EXTRA[:3] + FORWARD_EXTRA[5:],
-}
-NEEDED_FORWARD = {"model_index.json", "unet/config.json", f"unet/{WEIGHTS}", "vae/config.json", f"vae/{WEIGHTS}",
-                  "scheduler/scheduler_config.json", "env_encoder/config.json", f"env_encoder/{WEIGHTS}",
-                  "lora/pytorch_lora_weights.safetensors"}
-
-
-def _http_error(cls, message: str, status: int):
-    """An instance of a huggingface_hub HTTP error class, whatever HTTP client this version uses."""
-    for client in ("httpx2", "httpx", "requests"):
-        try:
-            mod = __import__(client)
-            if client == "requests":
-                response = mod.Response()
-                response.status_code = status
-            else:
-                response = mod.Response(status, request=mod.Request("GET", "https://huggingface.co/api/x"))
-            return cls(message, response=response)
-        except Exception:
-            continue
-    err = cls.__new__(cls)
-    Exception.__init__(err, message)
-    return err
-
-
-class FakeHub:
-    """Stands in for HfApi.model_info and snapshot_download; records every call."""
-
-    def __init__(self):
-        self.heads = {"nexuslrf/diffusion_renderer-inverse-svd": {"main": INVERSE_MAIN},
-                      "nexuslrf/diffusion_renderer-forward-svd": {"main": "f" * 40, "v2": V2_SHA},
-                      "nexuslrf/diffusion_renderer-forward-svd-objaverse": {"main": OBJAVERSE_MAIN, "v2": V2_SHA}}
-        self.info_calls: list[tuple[str, str | None]] = []
-        self.snapshot_calls: list[dict] = []
-        self.forbid_network = False
-        self.info_error: Exception | None = None
-        self.snapshot_error: Exception | None = None
-        self.progress_disabled_during_download: bool | None = None
-
-    def HfApi(self, *args, **kwargs):  # noqa: N802 (mimics the class)
-        return SimpleNamespace(model_info=self.model_info, repo_info=self.model_info)
-
-    def model_info(self, repo_id, *, revision=None, **kwargs):
-        assert not self.forbid_network, f"model_info({repo_id}, {revision}) must not be called"
-        self.info_calls.append((repo_id, revision))
-        if self.info_error:
-            raise self.info_error
-        sha = self.heads[repo_id].get(revision or "main")
-        if sha is None:
-            raise _http_error(hf_errors.RevisionNotFoundError, f"Revision Not Found: {revision}", 404)
-        return SimpleNamespace(id=repo_id, sha=sha)
-
-    def snapshot_download(self, repo_id, *, revision=None, cache_dir=None, allow_patterns=None,
-                          ignore_patterns=None, **kwargs):
-        assert not self.forbid_network, f"snapshot_download({repo_id}) must not be called"
-        self.snapshot_calls.append(dict(repo_id=repo_id, revision=revision, cache_dir=cache_dir,
-                                        allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))
-        self.progress_disabled_during_download = are_progress_bars_disabled()
-        if self.snapshot_error:
-            raise self.snapshot_error
-        assert len(revision) == 40, "engine.hub must pass a commit, never a moving branch"
-        repo_dir = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
-        snapshot = repo_dir / "snapshots" / revision
-        for f in filter_repo_objects(REPO_FILES[repo_id], allow_patterns=allow_patterns,
-                                     ignore_patterns=ignore_patterns):
-            (snapshot / f).parent.mkdir(parents=True, exist_ok=True)
-            (snapshot / f).write_text("{}")
-        return str(snapshot)
+from hub_fakes import (  # noqa: E402
+    FORWARD_PIN,
+    INVERSE_MAIN,
+    NEEDED_FORWARD,
+    OTHER_SHA,
+    REPO_FILES,
+    V2_SHA,
+    WEIGHTS,
+    FakeHub,
+    http_error,
+    install_fake_hub,
+    isolated_hub_cache,
+    record_of,
+)
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    for key in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_OFFLINE", "XDG_CACHE_HOME"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # bin/test exports HF_HUB_OFFLINE=1
-    monkeypatch.setattr(hub, "_licence_shown", False)
-    return tmp_path / "hf_home" / "hub"
+    return isolated_hub_cache(tmp_path, monkeypatch)
 
 
 @pytest.fixture
 def fake(monkeypatch) -> FakeHub:
-    fake = FakeHub()
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake.snapshot_download)
-    monkeypatch.setattr(huggingface_hub, "HfApi", fake.HfApi)
-    return fake
-
-
-def record_of(cache: Path, name: str) -> dict:
-    return json.loads(hub.record_path(PUBLISHED_MODELS[name], cache).read_text())
+    return install_fake_hub(monkeypatch)
 
 
 # ----------------------------------------------------------------------------- registry and patterns
@@ -274,8 +182,8 @@ def test_incomplete_snapshot_is_reported(cache, fake, monkeypatch):
 @pytest.mark.parametrize("where,error,expected", [
     ("snapshot", hf_errors.LocalEntryNotFoundError("Cannot find the requested files"), "could not be reached"),
     ("info", ConnectionError("Failed to resolve huggingface.co"), "could not be reached"),
-    ("info", _http_error(hf_errors.GatedRepoError, "Access restricted", 403), "gated"),
-    ("info", _http_error(hf_errors.RepositoryNotFoundError, "404 Not Found", 404), "not found"),
+    ("info", http_error(hf_errors.GatedRepoError, "Access restricted", 403), "gated"),
+    ("info", http_error(hf_errors.RepositoryNotFoundError, "404 Not Found", 404), "not found"),
 ])
 def test_hub_failures_become_weights_unavailable(cache, fake, where, error, expected):
     setattr(fake, f"{where}_error", error)
@@ -283,153 +191,3 @@ def test_hub_failures_become_weights_unavailable(cache, fake, where, error, expe
         resolve_model("inverse", allow_download=True)
     assert expected in info.value.reason and type(error).__name__ in info.value.reason
     assert "bin/diffusion-renderer download inverse" in str(info.value)
-
-
-# ----------------------------------------------------------------------------- local folders and names
-def test_local_folder(tmp_path, monkeypatch, fake):
-    fake.forbid_network = True
-    ckpt = tmp_path / "ckpt"
-    (ckpt / "unet").mkdir(parents=True)
-    (ckpt / "unet" / "config.json").write_text("{}")
-    assert resolve_model(ckpt) == ckpt and resolve_model(str(ckpt)) == ckpt
-    monkeypatch.chdir(tmp_path)
-    assert resolve_model("./ckpt") == Path("./ckpt") and resolve_model("ckpt") == Path("ckpt")
-
-
-def test_local_folder_without_unet_config(tmp_path):
-    ckpt = tmp_path / "ckpt"
-    (ckpt / "vae").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="unet/config.json"):
-        resolve_model(ckpt)
-    (ckpt / "unet").mkdir()
-    (ckpt / "unet" / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="pass its parent folder"):
-        resolve_model(ckpt / "unet")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        resolve_model(tmp_path / "nope")
-
-
-def test_unknown_name_lists_known_names():
-    with pytest.raises(ValueError) as info:
-        resolve_model("inverse-svd")
-    assert all(name in str(info.value) for name in ("inverse", "forward", "forward-objaverse"))
-    with pytest.raises(ValueError, match="forward-objaverse"):
-        download("all")
-
-
-def test_repo_id_is_an_alias(cache, fake):
-    assert resolve_model("nexuslrf/diffusion_renderer-forward-svd", allow_download=True).name == FORWARD_PIN
-
-
-# ----------------------------------------------------------------------------- revision record file
-def test_record_written_atomically(cache, fake, monkeypatch):
-    real_replace, renames = os.replace, []
-    target = hub.record_path(PUBLISHED_MODELS["inverse"], cache)
-
-    def spy(src, dst):
-        src, dst = Path(src), Path(dst)
-        assert dst == target and src.parent == dst.parent and src != dst
-        assert json.loads(src.read_text())["commit"] == INVERSE_MAIN  # complete before it becomes visible
-        assert not dst.exists()
-        renames.append(src)
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", spy)
-    resolve_model("inverse", allow_download=True)
-    assert len(renames) == 1 and not renames[0].exists()
-    assert record_of(cache, "inverse")["commit"] == INVERSE_MAIN
-    assert sorted(p.name for p in target.parent.iterdir()) == [hub.REVISION_RECORD, "snapshots"]
-
-
-def test_record_write_failure_keeps_old_record(cache, monkeypatch, caplog):
-    spec = PUBLISHED_MODELS["inverse"]
-    hub._write_record(spec, cache, INVERSE_MAIN, "main")
-
-    def failing_replace(src, dst):
-        raise OSError("read-only file system")
-
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with caplog.at_level(logging.WARNING, logger="engine.hub"):
-        hub._write_record(spec, cache, OTHER_SHA, "main")  # warns, does not raise
-    assert "Could not record" in caplog.text
-    assert hub.recorded_revision(spec, cache) == INVERSE_MAIN
-    assert [p.name for p in hub.record_path(spec, cache).parent.iterdir()] == [hub.REVISION_RECORD]
-
-
-@pytest.mark.parametrize("content", ['{"repo_id": "nexuslrf/diffus', '{"commit": "main"}', "[1, 2]", "\xff\xfe"])
-def test_corrupt_record_is_ignored_with_warning(cache, fake, caplog, content):
-    path = hub.record_path(PUBLISHED_MODELS["inverse"], cache)
-    path.parent.mkdir(parents=True)
-    path.write_bytes(content.encode("latin-1"))
-    with caplog.at_level(logging.WARNING, logger="engine.hub"):
-        resolved = resolve_model("inverse", allow_download=True)
-    assert "Ignoring" in caplog.text and str(path) in caplog.text
-    assert resolved.name == INVERSE_MAIN and len(fake.info_calls) == 1  # main resolved again
-    assert record_of(cache, "inverse")["commit"] == INVERSE_MAIN  # and the record repaired
-
-
-# ----------------------------------------------------------------------------- local report, CLI, notices
-def test_describe_local_models_without_network(cache, fake):
-    fake.forbid_network = True
-    assert [(d["name"], d["cached"], d["commit"]) for d in describe_local_models()] == [
-        ("inverse", False, None), ("forward", False, None), ("forward-objaverse", False, None)]
-    fake.forbid_network = False
-    download("forward")
-    download("inverse")
-    # objaverse fetched by another tool: only refs/main, no record of ours
-    spec = PUBLISHED_MODELS["forward-objaverse"]
-    fake.snapshot_download(spec.repo_id, revision=OBJAVERSE_MAIN, cache_dir=str(cache),
-                           allow_patterns=hub.allow_patterns(spec))
-    (cache / "models--nexuslrf--diffusion_renderer-forward-svd-objaverse" / "refs").mkdir()
-    (cache / "models--nexuslrf--diffusion_renderer-forward-svd-objaverse" / "refs" / "main").write_text(OBJAVERSE_MAIN)
-    fake.forbid_network = True
-    info = {d["name"]: d for d in describe_local_models()}
-    assert info["forward"]["cached"] and info["forward"]["commit"] == FORWARD_PIN
-    assert info["forward"]["revision_source"] == "pinned" and Path(info["forward"]["path"]).is_dir()
-    assert info["inverse"]["commit"] == INVERSE_MAIN and info["inverse"]["revision_source"] == "recorded"
-    assert info["forward-objaverse"]["commit"] == OBJAVERSE_MAIN
-    assert info["forward-objaverse"]["revision_source"] == "refs/main"
-    assert not hub.record_path(spec, cache).exists()  # describing never writes
-    assert resolve_model("forward-objaverse").name == OBJAVERSE_MAIN  # resolving pins it
-    assert record_of(cache, "forward-objaverse")["commit"] == OBJAVERSE_MAIN
-
-
-def _cli(argv):
-    parser = argparse.ArgumentParser(prog="diffusion-renderer")
-    add_download_arguments(parser.add_subparsers(dest="command").add_parser("download"))
-    return run_download(parser.parse_args(argv))
-
-
-def test_cli_download(cache, fake, capsys):
-    assert _cli(["download", "forward"]) == 0
-    out, err = capsys.readouterr()
-    assert out.strip() == (f"forward: nexuslrf/diffusion_renderer-forward-svd @ {FORWARD_PIN} -> "
-                           f"{cache / 'models--nexuslrf--diffusion_renderer-forward-svd' / 'snapshots' / FORWARD_PIN}")
-    assert "non-commercial" in err
-    assert _cli(["download"]) == 0  # default: all
-    out, err = capsys.readouterr()
-    assert [line.split(":")[0] for line in out.splitlines()] == ["inverse", "forward", "forward-objaverse"]
-    assert "non-commercial" not in err  # licence shown once per process
-    assert _cli(["download", "forward-objaverse", "--revision", "v2", "--no-progress"]) == 0
-    assert fake.snapshot_calls[-1]["revision"] == V2_SHA and fake.progress_disabled_during_download
-    assert not are_progress_bars_disabled()  # restored
-    assert _cli(["download", "all", "--revision", "v2"]) == 2
-    with pytest.raises(SystemExit):
-        _cli(["download", "sideways"])
-
-
-def test_cli_failure_is_one_line(cache, fake, capsys):
-    fake.snapshot_error = hf_errors.LocalEntryNotFoundError("Cannot find the requested files")
-    assert _cli(["download", "inverse"]) == 1
-    out, err = capsys.readouterr()
-    errors = [line for line in err.splitlines() if line.startswith("error")]
-    assert out == "" and len(errors) == 1
-    assert "inverse" in errors[0] and "nexuslrf/diffusion_renderer-inverse-svd" in errors[0]
-    assert "could not be reached" in errors[0]
-
-
-def test_licence_logged_once(cache, fake, caplog):
-    with caplog.at_level(logging.WARNING, logger="engine.hub"):
-        download("forward")
-        download("inverse")
-    assert caplog.text.count("NVIDIA Source Code License") == 1 and "non-commercial" in caplog.text
