@@ -16,7 +16,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
-import math
 import os
 import sys
 
@@ -40,7 +39,8 @@ def _load_sibling(name: str):
 
 
 _fields = _load_sibling("protocol_fields")
-Field, markdown_table = _fields.Field, _fields.markdown_table
+Field, markdown_table, parse_version, clean_number = (_fields.Field, _fields.markdown_table, _fields.parse_version,
+                                                     _fields.clean_number)
 _is, _check_field, _show, _table_problems = _fields.is_type, _fields.check_field, _fields.show, _fields.table_problems
 
 PROTOCOL_VERSION = (1, 1)   # 1.1: "estimate" request/reply, "memory" job parameter
@@ -169,17 +169,6 @@ ESTIMATE_SIZE = {k: Field("int", k in ("width", "height", "frames"), minimum=1)
 
 
 # ----------------------------------------------------------------------------- validation
-def parse_version(v) -> tuple | None:
-    """'1.0' → (1, 0); an int major 1 → (1, 0); anything else → None."""
-    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
-        return (v, 0)
-    if isinstance(v, str):
-        parts = v.split(".")
-        if len(parts) == 2 and all(p.isdigit() and len(p) <= 6 for p in parts):
-            return int(parts[0]), int(parts[1])
-    return None
-
-
 def _version_problem(msg: dict) -> tuple | None:
     """None when msg['v'] is present with our major version, else (code, problem)."""
     if "v" not in msg:
@@ -320,11 +309,6 @@ def _jsonable(value):
     if isinstance(value, (set, tuple, frozenset)):
         return list(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def clean_number(x) -> float | None:
-    """A finite float rounded for the wire, or None (NaN/inf are not JSON)."""
-    return round(float(x), 3) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
 # ----------------------------------------------------------------------------- constructors

@@ -1,5 +1,6 @@
 """Field types of the engine <-> add-on protocol (``engine/protocol.py``): the notation, the check of one
-value, the check of an object against a table of fields, and the Markdown rendering of message tables.
+value, the check of an object against a table of fields, the Markdown rendering of message tables, and
+the version and number helpers.
 
 STDLIB ONLY, like ``protocol.py``, which loads this file as its sibling — by package import inside the
 engine, by file path inside Blender (the add-on loads ``protocol.py`` by path).
@@ -87,3 +88,19 @@ def markdown_table(messages: dict) -> str:
             opt = ", ".join(f"`{k}` ({f.types.replace('|', ' or ')})" for k, f in fields.items() if not f.required)
             rows.append(f"| {direction} | `{mtype}` | {req or '—'} | {opt or '—'} |")
     return "\n".join(rows)
+
+
+def parse_version(v) -> tuple | None:
+    """'1.0' → (1, 0); an int major 1 → (1, 0); anything else → None."""
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return (v, 0)
+    if isinstance(v, str):
+        parts = v.split(".")
+        if len(parts) == 2 and all(p.isdigit() and len(p) <= 6 for p in parts):
+            return int(parts[0]), int(parts[1])
+    return None
+
+
+def clean_number(x) -> float | None:
+    """A finite float rounded for the wire, or None (NaN/inf are not JSON)."""
+    return round(float(x), 3) if isinstance(x, (int, float)) and math.isfinite(x) else None

@@ -108,7 +108,8 @@ def profile_from_bench(report: dict) -> Profile:
 @lru_cache(maxsize=8)
 def _meta_model(part: str, size: str, dtype_name: str, ff_chunking: bool):
     from engine.models import build_env_encoder_from_config, build_unet_from_config, build_vae_from_config
-    from engine.perf.memory import chunk_feed_forward, enable_ff_chunking
+    from engine.models.ff_chunk import chunk_feed_forward
+    from engine.perf.memory import enable_ff_chunking
     from engine.perf.models import configs_for
     from engine.pipelines.zero_context import install_zero_context_skip
 

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.models.ff_chunk import FF_MAX_TOKENS, chunk_feed_forward  # noqa: F401  (re-exported)
-
 log = logging.getLogger(__name__)
 
 MEMORY_MODES = ("default", "low-vram", "minimal")
