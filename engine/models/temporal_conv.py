@@ -57,5 +57,5 @@ def unfold_temporal_convs(*modules: nn.Module) -> int:
 
 def default_fold(device: torch.device) -> bool:
     """Fold on CPUs, where it was measured faster; CUDA keeps cuDNN's Conv3d until a GPU benchmark
-    (``bench`` variant ``temporal_conv2d``) shows the fold wins there too."""
+    (``bench`` variant ``temporal_conv``) shows the fold wins there too."""
     return torch.device(device).type == "cpu"

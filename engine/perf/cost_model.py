@@ -138,21 +138,21 @@ def unet_cost(kind: str, size: str, dtype_name: str, ff_chunking: bool, items: i
     """(FLOPs, activation bytes) of one UNet call on ``items`` × ``frames`` latents of h × w, with
     ``dtype_name`` weights (under autocast to that dtype unless float32, as the pipelines run).
     ``tokens="one"``: the forward negatives (one env token per level, see pipelines.zero_context)."""
-    from engine.perf.meta_trace import trace as _trace
+    from engine.perf.meta_trace import trace
 
     unet = _meta_model(f"{kind}_unet", size, dtype_name, ff_chunking)
     dt = getattr(torch, dtype_name)
-    trace = lambda fn: _trace(fn, _autocast(dtype_name))  # noqa: E731
+    ac = _autocast(dtype_name)
     x = _meta(items, frames, unet.config.in_channels, h, w, dtype=dt)
     ids = _meta(items, 3)
     if kind == "inverse":
         dim = unet.config.cross_attention_dim
         ehs = _meta(items, 1, 1, dim if isinstance(dim, int) else dim[0], dtype=dt)
         ctx = torch.zeros(items, dtype=torch.long, device="meta")
-        return trace(lambda: unet(x, torch.tensor(1.0), ehs, ids, input_context=ctx))
+        return trace(lambda: unet(x, torch.tensor(1.0), ehs, ids, input_context=ctx), ac)
     chans = unet.config.block_out_channels
     ehs = [_meta(items, frames, 1 if tokens == "one" else (h >> i) * (w >> i), c, dtype=dt) for i, c in enumerate(chans)]
-    return trace(lambda: unet(x, torch.tensor(1.0), ehs, ids))
+    return trace(lambda: unet(x, torch.tensor(1.0), ehs, ids), ac)
 
 
 @lru_cache(maxsize=256)
