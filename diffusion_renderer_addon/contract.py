@@ -1,0 +1,25 @@
+"""The engine <-> add-on contract (``engine/contract``, stdlib only), imported as an ordinary package:
+from the copy of ``engine/`` that the extension ships inside the add-on, or, in a checkout, from the
+repository root beside the add-on folder. The add-on imports nothing else of the engine."""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+
+def _package():
+    try:  # the extension: <add-on package>/engine/contract
+        return importlib.import_module(f"{__package__}.engine.contract")
+    except ImportError:
+        pass
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(root, "engine", "contract", "__init__.py")) and root not in sys.path:
+        sys.path.append(root)  # a checkout: the repository root holds engine/
+    return importlib.import_module("engine.contract")
+
+
+_pkg = _package()
+render_json = _pkg.render_json
+
+__all__ = ["render_json"]
