@@ -23,10 +23,13 @@ import warnings
 
 import bpy
 
+from .contract import blender_passes
+
 __all__ = [
     "BLENDER_VERSION", "version_string", "has_compositing_node_group", "compositor_tree", "composite_output",
     "new_file_output", "file_output_set_path", "file_output_add", "file_output_clear", "set_exr_format",
-    "set_image_format", "image_format", "restore_image_format", "is_multilayer_exr", "eevee_engine_id", "engine_id", "is_eevee",
+    "follow_scene_colour_management", "set_image_format", "image_format", "restore_image_format",
+    "is_multilayer_exr", "eevee_engine_id", "engine_id", "is_eevee",
     "uses_nodes", "ensure_nodes", "vse_strips", "vse_strips_all", "vse_new_image", "vse_new_movie",
     "strip_timing", "strip_trim_start",
     "PASS_NAMES", "canonical_pass", "render_layer_socket", "pass_layer_names", "new_interface_socket",
@@ -164,6 +167,13 @@ def set_exr_format(settings, *, multilayer: bool, color_depth: str = "32", codec
         settings.color_mode = color_mode
 
 
+def follow_scene_colour_management(settings) -> None:
+    """Output colour management as the scene's: image settings may override it (``color_management =
+    'OVERRIDE'``), which for EXRs changes the linear colour space of the written pixels."""
+    if "color_management" in settings.bl_rna.properties and settings.color_management != "FOLLOW_SCENE":
+        settings.color_management = "FOLLOW_SCENE"
+
+
 def set_image_format(settings, file_format: str, *, color_depth: str | None = None, color_mode: str | None = None):
     """Single-image formats ('PNG', 'OPEN_EXR', 'TIFF', 'JPEG' …) on 4.x and 5.x."""
     if file_format in ("OPEN_EXR_MULTILAYER", "MULTILAYER"):
@@ -299,62 +309,11 @@ def strip_trim_start(strip, frames: float) -> None:
 
 
 # ------------------------------------------------------------------------------------------ pass names
-# canonical name → (4.x short name, 5.x long name): Render Layers node sockets and the layer names in a
-# multilayer EXR written by the render output (``ViewLayer.<name>.<channel>``).
-PASS_NAMES: dict[str, tuple[str, str]] = {
-    "combined": ("Image", "Image"),
-    "alpha": ("Alpha", "Alpha"),
-    "depth": ("Depth", "Depth"),
-    "mist": ("Mist", "Mist"),
-    "position": ("Position", "Position"),
-    "normal": ("Normal", "Normal"),
-    "vector": ("Vector", "Vector"),
-    "uv": ("UV", "UV"),
-    "object_index": ("IndexOB", "Object Index"),
-    "material_index": ("IndexMA", "Material Index"),
-    "diffuse_direct": ("DiffDir", "Diffuse Direct"),
-    "diffuse_indirect": ("DiffInd", "Diffuse Indirect"),
-    "diffuse_color": ("DiffCol", "Diffuse Color"),
-    "glossy_direct": ("GlossDir", "Glossy Direct"),
-    "glossy_indirect": ("GlossInd", "Glossy Indirect"),
-    "glossy_color": ("GlossCol", "Glossy Color"),
-    "transmission_direct": ("TransDir", "Transmission Direct"),
-    "transmission_indirect": ("TransInd", "Transmission Indirect"),
-    "transmission_color": ("TransCol", "Transmission Color"),
-    "volume_direct": ("VolumeDir", "Volume Direct"),
-    "volume_indirect": ("VolumeInd", "Volume Indirect"),
-    "volume_scatter": ("Volume Scatter", "Volume Scatter"),
-    "volume_transmit": ("Volume Transmit", "Volume Transmit"),
-    "volume_majorant": ("Volume Majorant", "Volume Majorant"),
-    "emission": ("Emit", "Emission"),
-    "environment": ("Env", "Environment"),
-    "ambient_occlusion": ("AO", "Ambient Occlusion"),
-    "shadow": ("Shadow", "Shadow"),
-    "shadow_catcher": ("Shadow Catcher", "Shadow Catcher"),
-    "noisy_image": ("Noisy Image", "Noisy Image"),
-    "denoising_specular_albedo": ("Denoising Specular Albedo", "Denoising Specular Albedo"),  # 5.2+
-    "denoising_roughness": ("Denoising Roughness", "Denoising Roughness"),  # 5.2+
-    "noisy_shadow_catcher": ("Noisy Shadow Catcher", "Noisy Shadow Catcher"),
-    "grease_pencil": ("GreasePencil", "Grease Pencil"),  # 4.5 / 5.x (4.2 has none)
-    "denoising_normal": ("Denoising Normal", "Denoising Normal"),
-    "denoising_albedo": ("Denoising Albedo", "Denoising Albedo"),
-    "denoising_depth": ("Denoising Depth", "Denoising Depth"),
-}
-_BY_ANY_NAME = {n: canon for canon, names in PASS_NAMES.items() for n in names}
-# in an EXR written by the render output the combined pass is called "Combined", not "Image"
-_BY_ANY_NAME["Combined"] = "combined"
-
-
-def canonical_pass(name: str) -> str | None:
-    """A socket or EXR layer name of any version → canonical pass name (None for AOVs / unknown)."""
-    return _BY_ANY_NAME.get(name)
-
-
-def pass_layer_names(canonical: str) -> tuple[str, ...]:
-    """Every name a pass may carry (sockets and EXR layers, all versions)."""
-    names = PASS_NAMES.get(canonical, (canonical, canonical))
-    extra = ("Combined",) if canonical == "combined" else ()
-    return tuple(dict.fromkeys(names + extra))
+# canonical name → (4.x short name, 5.x long name) of Render Layers node sockets and of the layers in a
+# multilayer EXR written by the render output (``ViewLayer.<name>.<channel>``): the contract's table.
+PASS_NAMES = blender_passes.LAYER_NAMES
+canonical_pass = blender_passes.canonical_pass
+pass_layer_names = blender_passes.pass_layer_names
 
 
 def render_layer_socket(node, canonical_or_aov: str):

@@ -1,6 +1,8 @@
 """The engine <-> add-on contract (``engine/contract``, stdlib only), imported as an ordinary package:
 from the copy of ``engine/`` that the extension ships inside the add-on, or, in a checkout, from the
-repository root beside the add-on folder. The add-on imports nothing else of the engine."""
+repository root beside the add-on folder. The add-on imports nothing else of the engine: the protocol it
+speaks, the job parameters' defaults/limits/help, the G-buffer set format and Blender's pass names all come
+from here."""
 from __future__ import annotations
 
 import importlib
@@ -20,6 +22,8 @@ def _package():
 
 
 _pkg = _package()
-render_json = _pkg.render_json
+atomic, blender_passes, fields, footage = _pkg.atomic, _pkg.blender_passes, _pkg.fields, _pkg.footage
+gbuffer_set = _pkg.gbuffer_set
+json_text, params, protocol, render_json = _pkg.json_text, _pkg.params, _pkg.protocol, _pkg.render_json
 
-__all__ = ["render_json"]
+__all__ = ["atomic", "blender_passes", "fields", "footage", "gbuffer_set", "json_text", "params", "protocol", "render_json"]

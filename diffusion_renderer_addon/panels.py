@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bpy
 
+from . import properties
 from .operators import (DR_OT_cancel, DR_OT_delight, DR_OT_hdri_add, DR_OT_hdri_remove, DR_OT_load_result,
                         DR_OT_neural_render, DR_OT_relight_preview)
 
@@ -77,7 +78,7 @@ def draw_delight(layout, s) -> None:
         layout.label(text="Uses the active VSE strip", icon="SEQUENCE")
     layout.prop(s, "inverse_model")
     grid = layout.grid_flow(columns=2, align=True)
-    for name in ("basecolor", "metallic", "roughness", "normal", "depth", "diffuse_albedo"):
+    for name in properties.PASS_NAMES:
         grid.prop(s, f"pass_{name}")
     layout.operator(DR_OT_delight.bl_idname, icon="LIGHT")
 

@@ -25,7 +25,7 @@ def _venv_python(venv: str) -> str:
 def engine_root() -> str | None:
     """The folder holding engine/: the extension itself (bundled copy) or the checkout above the add-on."""
     for cand in (ADDON_DIR, os.path.dirname(ADDON_DIR)):
-        if os.path.isfile(os.path.join(cand, "engine", "protocol.py")):
+        if os.path.isfile(os.path.join(cand, "engine", "contract", "__init__.py")):
             return cand
     return None
 

@@ -1,12 +1,33 @@
 """Scene settings of the three tasks (saved with the .blend) and the WindowManager job status (not saved,
-no undo steps): ``scene.diffusion_renderer`` and ``context.window_manager.diffusion_renderer``."""
+no undo steps): ``scene.diffusion_renderer`` and ``context.window_manager.diffusion_renderer``.
+
+The settings that are job parameters take their default, limits and tooltip from the contract's parameter
+table (``engine/contract/params.py``, through ``.contract``): the add-on, the CLI and the engine agree."""
 from __future__ import annotations
 
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
 
-PASS_NAMES = ("basecolor", "metallic", "roughness", "normal", "depth", "diffuse_albedo")
+from .contract import gbuffer_set, params
+
+PASS_NAMES = gbuffer_set.MODEL_PASSES
+_PASS_LABELS = {"basecolor": "Base colour", "diffuse_albedo": "Diffuse albedo"}
+
+
+def _param_prop(name: str, label: str, kind: str | None = None, **extra):
+    """A property for job parameter ``name``: the table's default, minimum/maximum (or the add-on's limit,
+    ``ui_max``) and help as the tooltip; ``extra`` adds Blender-only options."""
+    p = params.param(name, kind)
+    value = p.default_for(kind)
+    prop = {"num": FloatProperty, "int": IntProperty, "bool": BoolProperty}.get(p.type.split("|")[0], StringProperty)
+    kw = {"name": label, "default": value, "description": p.help}
+    cast = float if prop is FloatProperty else int
+    if p.minimum is not None:
+        kw["min"] = cast(p.minimum)
+    if p.maximum is not None or p.ui_max is not None:
+        kw["max"] = cast(p.maximum if p.maximum is not None else p.ui_max)
+    return prop(**kw, **extra)
 
 
 class DR_HdriItem(bpy.types.PropertyGroup):
@@ -15,16 +36,15 @@ class DR_HdriItem(bpy.types.PropertyGroup):
 
 class DR_SceneSettings(bpy.types.PropertyGroup):
     # ---- shared window / sampling settings (engine job params of the same names)
-    frames: IntProperty(name="Frames per window", default=24, min=1, max=256,
-                        description="Frames the model sees at once (lower = less memory)")
-    overlap: IntProperty(name="Overlap", default=6, min=0, max=255, description="Frames shared by neighbouring windows")
-    steps: IntProperty(name="Steps", default=20, min=1, max=1000, description="Denoising steps")
-    seed: IntProperty(name="Seed", default=0, min=-1, description="Noise seed (-1: random)")
+    frames: _param_prop("frames", "Frames per window")
+    overlap: _param_prop("overlap", "Overlap")
+    steps: _param_prop("steps", "Steps")
+    seed: _param_prop("seed", "Seed")
     resolution_mode: EnumProperty(name="Resolution", default="AUTO", items=[
         ("AUTO", "Auto", "Cover 512 pixels keeping the aspect ratio"), ("CUSTOM", "Custom", "Width × height")])
     res_x: IntProperty(name="Width", default=512, min=64, max=4096, step=64, description="Multiple of 64")
     res_y: IntProperty(name="Height", default=512, min=64, max=4096, step=64, description="Multiple of 64")
-    previews: BoolProperty(name="Previews", default=True, description="Write PNG previews and an mp4")
+    previews: _param_prop("previews", "Previews")
     output_dir: StringProperty(name="Output folder", subtype="DIR_PATH", default="",
                                description="Parent folder of the job folders (empty: the add-on's user folder)")
     # ---- neural render (forward)
@@ -32,14 +52,10 @@ class DR_SceneSettings(bpy.types.PropertyGroup):
         ("WORLD", "Scene world", "Use the scene's world (its environment texture, or rendered to an HDRI)"),
         ("FILE", "HDRI file", "An environment map file")])
     hdri_path: StringProperty(name="HDRI", subtype="FILE_PATH", default="")
-    forward_model: StringProperty(name="Model", default="forward",
-                                  description="forward, forward-objaverse, or a checkpoint folder")
-    lora_scale: FloatProperty(name="LoRA scale", default=0.25, min=0.0, max=2.0,
-                              description="Real-footage LoRA strength (0 for synthetic objects)")
-    guidance: FloatProperty(name="Guidance", default=1.2, min=1.0, max=20.0,
-                            description="Classifier-free guidance (1.0 = 2× faster preview)")
-    rotate_light: BoolProperty(name="Rotate light", default=False,
-                               description="Turn the light once around over the clip")
+    forward_model: _param_prop("model", "Model", "forward")
+    lora_scale: _param_prop("lora_scale", "LoRA scale")
+    guidance: _param_prop("guidance", "Guidance")
+    rotate_light: _param_prop("rotate_light", "Rotate light")
     render_samples: IntProperty(name="G-buffer samples", default=1, min=1, max=1024)
     # ---- delight (inverse)
     footage_source: EnumProperty(name="Footage", default="CLIP", items=[
@@ -47,18 +63,19 @@ class DR_SceneSettings(bpy.types.PropertyGroup):
         ("STRIP", "VSE strip", "The active Video Sequencer strip")])
     movie_clip: PointerProperty(name="Clip", type=bpy.types.MovieClip)
     image: PointerProperty(name="Image", type=bpy.types.Image)
-    inverse_model: StringProperty(name="Model", default="inverse", description="inverse, or a checkpoint folder")
-    pass_basecolor: BoolProperty(name="Base colour", default=True)
-    pass_metallic: BoolProperty(name="Metallic", default=True)
-    pass_roughness: BoolProperty(name="Roughness", default=True)
-    pass_normal: BoolProperty(name="Normal", default=True)
-    pass_depth: BoolProperty(name="Depth", default=True)
-    pass_diffuse_albedo: BoolProperty(name="Diffuse albedo", default=False)
+    inverse_model: _param_prop("model", "Model", "inverse")
     # ---- relight preview
     hdris: CollectionProperty(type=DR_HdriItem)
     hdri_index: IntProperty(name="HDRI", default=0)
     gbuffer_set: StringProperty(name="G-buffer set", subtype="DIR_PATH", default="",
                                 description="G-buffers to relight (set by Delight; empty: de-light first)")
+
+
+# one tick box per pass of the model's vocabulary, ticked for the inverse job's default passes
+DR_SceneSettings.__annotations__.update({
+    f"pass_{p}": BoolProperty(name=_PASS_LABELS.get(p, p.capitalize()), default=p in params.default("passes", "inverse"),
+                              description=f"Compute the {p} pass")
+    for p in PASS_NAMES})
 
 
 # No methods (nor properties/staticmethods) on the PropertyGroups: bpy 4.2 keeps a reference to every

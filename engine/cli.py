@@ -8,44 +8,19 @@ import sys
 from pathlib import Path
 
 from engine import __version__
+from engine.cli_options import OptionError, add_job_arguments, check_params, params_from_args
+from engine.contract.params import default
 
 log = logging.getLogger("engine")
+JOB_COMMANDS = {
+    "inverse": "de-light footage into a G-buffer set (linear EXR sequences + manifest)",
+    "forward": "render G-buffers under HDR environment maps (one relit set per HDRI)",
+    "gbuffers": "convert a Blender render folder (multilayer EXRs + render.json) into a G-buffer set",
+}
 
 
 class UserError(Exception):
     """An error caused by the user's input or settings: printed as one line, no traceback."""
-
-
-def _add_model_args(p: argparse.ArgumentParser, default: str) -> None:
-    p.add_argument("--model", default=default,
-                   help=f"published model name (inverse, forward, forward-objaverse) or a checkpoint folder "
-                        f"(default: {default})")
-    p.add_argument("--revision", default=None, help="hub revision (commit) to use instead of the pinned/recorded one")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: cuda when available)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                   help="weights/compute precision (default: fp16 on CUDA, fp32 on CPU)")
-
-
-def _add_sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--frames", type=int, default=24, help="frames the model sees at once (default 24)")
-    p.add_argument("--overlap", type=int, default=6, help="frames shared by neighbouring windows (default 6)")
-    p.add_argument("--blend", default="latent", choices=["latent", "crossfade", "none"],
-                   help="how overlapping windows are joined (default: fused in latent space at every step)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--resolution", default=None, metavar="WxH",
-                   help="processing size, multiples of 64 (default: cover 512 keeping the aspect)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0; -1 for a random seed)")
-    p.add_argument("--decode-chunk", type=int, default=8, help="frames per VAE decode call (default 8)")
-    p.add_argument("--decode-overlap", type=int, default=2, help="frames cross-faded between decode calls (2)")
-    p.add_argument("--memory", default="default", choices=["default", "low-vram", "minimal"],
-                   help="GPU memory mode: low-vram offloads idle models and chunks the UNet's feed-forward "
-                        "(≈ 5 GB at 512², 24 frames); minimal streams weights layer by layer (slow); "
-                        "see docs/PERFORMANCE.md")
-    p.add_argument("--windows-per-segment", type=int, default=4,
-                   help="windows fused together per resumable segment (default 4)")
-    p.add_argument("--overwrite", action="store_true", help="replace a different set already in --out")
-    p.add_argument("--no-previews", action="store_true", help="skip PNG previews and the mp4")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,46 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("inverse", help="de-light footage into a G-buffer set (linear EXR sequences + manifest)")
-    p.add_argument("input", type=Path, help="video file (mp4/mov/mkv…), folder of frames (png/jpg/exr/tiff), "
-                                            "or a folder of such clips (batch)")
-    p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per clip in batch mode)")
-    p.add_argument("--passes", default="basecolor,metallic,roughness,normal,depth",
-                   help="comma-separated passes: basecolor, metallic, roughness, normal, depth, diffuse_albedo")
-    p.add_argument("--frame-range", default=None, metavar="FIRST:LAST",
-                   help="source frames to use, inclusive (frame numbers for sequences, 0-based for videos)")
-    p.add_argument("--fps", type=float, default=None, help="resample the clip to this frame rate")
-    _add_sampling_args(p)
-    _add_model_args(p, "inverse")
-
-    p = sub.add_parser("forward", help="render G-buffers under HDR environment maps (one relit set per HDRI)")
-    p.add_argument("gbuffers", type=Path, help="a G-buffer set, a folder of Blender multilayer EXRs (+cameras.json), "
-                                               "or the reference's <clip>/<chunk>.<frame>.<pass>.png layout")
-    p.add_argument("--hdri", type=Path, action="append", required=True, metavar="FILE",
-                   help="environment map (.hdr/.exr); repeat for several lights")
-    p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per HDRI)")
-    p.add_argument("--lora-scale", type=float, default=0.25,
-                   help="real-footage LoRA strength, 0–0.5 recommended; 0 for synthetic objects (default 0.25)")
-    p.add_argument("--guidance", type=float, default=1.2, help="classifier-free guidance (1.0 = fast preview)")
-    p.add_argument("--rotate-light", action="store_true", help="turn the light once around over the clip")
-    p.add_argument("--fixed-frame", type=int, default=None, metavar="N",
-                   help="use G-buffer frame N (0-based) for every frame (static scene, e.g. with --rotate-light)")
-    p.add_argument("--elevation", type=float, default=0.0, help="camera elevation in degrees (reference sign)")
-    p.add_argument("--elevation-convention", default="reference", choices=["reference", "correct"],
-                   help="'reference': positive tilts the view up, as the original; 'correct': positive looks down")
-    p.add_argument("--env-rotation", type=float, default=180.0, help="horizontal rotation of the HDRI (degrees)")
-    p.add_argument("--env-strength", type=float, default=1.0, help="multiplier on the HDRI's radiance")
-    p.add_argument("--env-flip", action="store_true", help="mirror the HDRI left–right")
-    p.add_argument("--env-resolution", default="512x512", metavar="WxH", help="env-map size fed to the model")
-    p.add_argument("--camera-follow", action="store_true",
-                   help="use the set's per-frame camera poses so the light stays fixed in the world")
-    _add_sampling_args(p)
-    _add_model_args(p, "forward")
+    for kind, text in JOB_COMMANDS.items():
+        add_job_arguments(sub.add_parser(kind, help=text), kind)
 
     p = sub.add_parser("seams", help="seam metric of a written set at the chunk boundaries of given window settings")
     p.add_argument("set", type=Path, help="a G-buffer or relit set folder")
-    p.add_argument("--frames", type=int, default=24, help="window length the job used (default 24)")
-    p.add_argument("--overlap", type=int, default=6, help="window overlap the job used (default 6)")
+    p.add_argument("--frames", type=int, default=default("frames"),
+                   help=f"window length the job used (default {default('frames')})")
+    p.add_argument("--overlap", type=int, default=default("overlap"),
+                   help=f"window overlap the job used (default {default('overlap')})")
 
     p = sub.add_parser("conformance", help="re-run every case of a golden folder and compare with the recording")
     p.add_argument("golden", type=Path, help="golden folder (format of ../shared/golden)")
@@ -120,25 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _frame_range(text):
-    if not text:
-        return None
-    try:
-        a, b = (int(v) for v in text.split(":"))
-    except ValueError:
-        raise UserError(f"--frame-range {text!r}: expected FIRST:LAST, e.g. 1001:1048") from None
-    if b < a:
-        raise UserError(f"--frame-range {text}: LAST is before FIRST")
-    return a, b
-
-
-def _check_sampling(args) -> None:
-    if min(args.frames, args.steps, args.decode_chunk, args.windows_per_segment) < 1:
-        raise UserError("--frames, --steps, --decode-chunk and --windows-per-segment must be at least 1")
-    if not 0 <= args.overlap < args.frames:
-        raise UserError(f"--overlap must be between 0 and --frames − 1 ({args.frames - 1}), got {args.overlap}")
-
-
 def _report(summary: dict, as_json: bool, what: str) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
@@ -147,63 +72,42 @@ def _report(summary: dict, as_json: bool, what: str) -> None:
         w, h = c["resolution"]
         resumed = f", resumed {c['resumed_segments']}/{c['segments']} segments" if c.get("resumed_segments") else ""
         status = "up to date" if c["status"] == "up-to-date" else f"{c['seconds'].get('total', 0):.1f} s{resumed}"
-        print(f"{what}: {c['clip']} → {c['out']}: {c['frames']} frames × {len(c['passes'])} passes at {w}x{h} "
-              f"({status})")
+        print(f"{what}: {c['clip']} → {c['out']}: {c['frames']} frames × {len(c['passes'])} passes at {w}x{h}"
+              f"{_framing_note(c.get('framing'))} ({status})")
         for warning in c.get("warnings", []):
             print(f"  warning: {warning}", file=sys.stderr)
 
 
-def cmd_inverse(args) -> int:
-    from engine.jobs.common import JobError, parse_resolution
-    from engine.jobs.inverse_job import InverseSettings, run_inverse
-    from engine.pipelines import PASS_INDEX
+def _framing_note(framing) -> str:
+    """', processed at 960x512 (padded 25,0,25,0)' when the model ran at another size than the output."""
+    if not framing or list(framing.get("processing", [])) == list(framing.get("output", [])):
+        return ""
+    pw, ph = framing["processing"]
+    how = {"pad": f"padded {','.join(map(str, framing.get('padding', [])))}", "crop": "cropped",
+           "stretch": "stretched"}.get(framing.get("fit"), framing.get("fit"))
+    return f", processed at {pw}x{ph} ({how})"
 
-    passes = tuple(p.strip() for p in args.passes.split(",") if p.strip())
-    bad = [p for p in passes if p not in PASS_INDEX]
-    if bad or not passes:
-        raise UserError(f"--passes: unknown pass {', '.join(bad) or '(none)'}; choose from {', '.join(PASS_INDEX)}")
-    _check_sampling(args)
+
+def cmd_job(args) -> int:
+    """inverse / forward / gbuffers: options → the protocol's params → the same checks and settings as a
+    submit from the add-on (engine/jobs/settings.py)."""
+    from engine.jobs.common import JobError
+    from engine.jobs.settings import build_settings
+
+    kind = args.command
     try:
-        settings = InverseSettings(
-            passes=passes, model=args.model, revision=args.revision, frames=args.frames, overlap=args.overlap,
-            steps=args.steps, resolution=parse_resolution(args.resolution), seed=None if args.seed == -1 else args.seed,
-            device=args.device, dtype=args.dtype, decode_chunk=args.decode_chunk, decode_overlap=args.decode_overlap,
-            memory=args.memory, blend=args.blend, frame_range=_frame_range(args.frame_range), fps=args.fps, overwrite=args.overwrite,
-            windows_per_segment=args.windows_per_segment,
-            previews=not args.no_previews)
-        if not args.input.exists():
-            raise UserError(f"{args.input}: input not found")
-        summary = run_inverse(args.input, args.out, settings, show_progress=sys.stderr.isatty() or args.verbose)
+        params = params_from_args(kind, args)
+    except OptionError as exc:
+        raise UserError(str(exc)) from None
+    problems = check_params(kind, params)
+    if problems:
+        raise UserError(problems[0])
+    try:
+        built = build_settings(kind, params)
+        summary = built.run(*built.inputs, built.settings, show_progress=sys.stderr.isatty() or args.verbose)
     except JobError as exc:
         raise UserError(str(exc)) from None
-    _report(summary, args.json, "inverse")
-    return 0
-
-
-def cmd_forward(args) -> int:
-    from engine.jobs.common import JobError, parse_resolution
-    from engine.jobs.forward_job import ForwardSettings, run_forward
-
-    _check_sampling(args)
-    try:
-        env_res = parse_resolution(args.env_resolution, multiple=8)
-        settings = ForwardSettings(
-            model=args.model, revision=args.revision, lora_scale=args.lora_scale, guidance=args.guidance,
-            rotate_light=args.rotate_light, fixed_frame=args.fixed_frame, elevation=args.elevation,
-            elevation_convention=args.elevation_convention, env_rotation=args.env_rotation,
-            env_strength=args.env_strength, env_flip=args.env_flip, camera_follow=args.camera_follow,
-            env_resolution=(env_res[1], env_res[0]), frames=args.frames, overlap=args.overlap, steps=args.steps,
-            resolution=parse_resolution(args.resolution), seed=None if args.seed == -1 else args.seed,
-            device=args.device, dtype=args.dtype, decode_chunk=args.decode_chunk, decode_overlap=args.decode_overlap,
-            memory=args.memory, blend=args.blend, overwrite=args.overwrite, previews=not args.no_previews,
-            windows_per_segment=args.windows_per_segment)
-        if args.guidance < 1.0:
-            raise UserError("--guidance must be at least 1.0")
-        summary = run_forward(args.gbuffers, args.hdri, args.out, settings,
-                              show_progress=sys.stderr.isatty() or args.verbose)
-    except JobError as exc:
-        raise UserError(str(exc)) from None
-    _report(summary, args.json, "forward")
+    _report(summary, args.json, kind)
     return 0
 
 
@@ -246,7 +150,8 @@ def main(argv=None) -> int:
     tune_malloc()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"inverse": cmd_inverse, "forward": cmd_forward, "seams": cmd_seams, "conformance": cmd_conformance, "info": cmd_info}
+    handlers = {**dict.fromkeys(JOB_COMMANDS, cmd_job), "seams": cmd_seams, "conformance": cmd_conformance,
+                "info": cmd_info}
     try:
         if args.command == "serve":
             from engine.server.serve import main as serve_main

@@ -1,11 +1,11 @@
 """Shared by the tests of the add-on's engine client (tests/test_addon_client*.py).
 
-The client is stdlib-only; it is loaded here by file path as a stand-alone package named
-``dr_addon_client_under_test`` (the add-on's own __init__ needs bpy), once per process: :data:`dr`.
+The client is stdlib-only and importing the add-on package does not import bpy, so it is imported here as
+it is in Blender, ``diffusion_renderer_addon.client`` (with the contract from the checkout): :data:`dr`.
 """
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import sys
 import time
@@ -14,21 +14,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_DIR = REPO / "diffusion_renderer_addon" / "client"
 POSIX = os.name == "posix"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-
-def load_client():
-    name = "dr_addon_client_under_test"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, CLIENT_DIR / "__init__.py",
-                                                  submodule_search_locations=[str(CLIENT_DIR)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-dr = load_client()
+dr = importlib.import_module("diffusion_renderer_addon.client")
 
 
 def wait_for(client, predicate, timeout=120.0):

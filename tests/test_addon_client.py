@@ -152,7 +152,7 @@ def test_invalid_params_are_refused_before_sending(client, assets):
 
 
 def test_timer_tick_pumps_without_bpy_and_without_engine(client, monkeypatch):
-    from dr_addon_client_under_test import session, timer
+    from diffusion_renderer_addon.client import session, timer
 
     monkeypatch.setattr(session, "_CLIENT", None)
     assert timer.tick() == timer.IDLE_INTERVAL

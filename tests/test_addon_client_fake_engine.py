@@ -4,7 +4,6 @@ re-configuring the engine while it is idle or busy.
 """
 from __future__ import annotations
 
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,19 +26,12 @@ def fake_config(tmp_path, **kw):
     return dr.EngineConfig(python=sys.executable, jobs_dir=str(tmp_path / "jobs"), **kw)
 
 
-def fake_engine(root: Path, main: str = FAKE_MAIN, protocol_version=None, with_protocol=True) -> Path:
+def fake_engine(root: Path, main: str = FAKE_MAIN) -> Path:
+    """A folder holding a tiny ``engine`` package whose ``python -m engine`` runs ``main``."""
     pkg = root / "engine"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text('__version__ = "9.9.9"\n')
     (pkg / "__main__.py").write_text(main)
-    if with_protocol:
-        text = (REPO / "engine" / "protocol.py").read_text()
-        if protocol_version:
-            text, n = re.subn(r"^PROTOCOL_VERSION = \(\d+, \d+\)", f"PROTOCOL_VERSION = {protocol_version!r}", text,
-                              flags=re.MULTILINE)
-            assert n == 1, "engine/protocol.py no longer has a 'PROTOCOL_VERSION = (M, m)' line"
-        (pkg / "protocol.py").write_text(text)
-        (pkg / "protocol_fields.py").write_text((REPO / "engine" / "protocol_fields.py").read_text())
     return root
 
 
@@ -55,29 +47,28 @@ def test_engine_answering_hello_with_major_99_gets_a_clear_message(tmp_path):
     wait_for(c, lambda: c.proc is None, timeout=10)                   # the fake engine was stopped
 
 
-def test_engine_protocol_module_of_another_major_is_refused_before_starting(tmp_path):
-    root = fake_engine(tmp_path / "old", protocol_version=(0, 3))
-    c = dr.EngineClient(fake_config(tmp_path, engine_root=str(root)), registry=dr.JobRegistry())
+def test_engine_of_an_older_major_is_refused_at_its_hello(tmp_path):
+    main = FAKE_MAIN.replace('"99.0"', '"0.3"')
+    c = dr.EngineClient(fake_config(tmp_path, engine_root=str(fake_engine(tmp_path / "old", main))),
+                        registry=dr.JobRegistry())
     with pytest.raises(dr.ClientError) as info:
         c.submit("inverse", {"input": str(tmp_path)})
+        c.wait_ready(30)
     assert info.value.code == "protocol_mismatch" and "0.3" in info.value.message
-    assert "update the engine" in info.value.hint and c.proc is None
+    assert "update the engine" in info.value.hint
+    wait_for(c, lambda: c.proc is None, timeout=10)
     assert c.registry.latest().state == "failed"
 
 
-def test_engine_without_protocol_module(tmp_path):
-    root = fake_engine(tmp_path / "ancient", with_protocol=False)
-    c = dr.EngineClient(fake_config(tmp_path, engine_root=str(root)), registry=dr.JobRegistry())
-    with pytest.raises(dr.ClientError, match="predates the add-on protocol"):
-        c.start()
+def test_client_speaks_the_contracts_protocol():
+    """No protocol module is loaded from the engine folder: the add-on and the engine import the same
+    contract package, and the engine's version is checked at its hello."""
+    from engine.contract import protocol
 
+    from diffusion_renderer_addon.client import session
 
-def test_protocol_is_loaded_from_the_engine_folder_not_imported(tmp_path):
-    proto = dr.load_protocol(str(REPO / "engine"))
-    assert proto.PROTOCOL_VERSION[0] == dr.CLIENT_PROTOCOL_MAJOR and proto.__name__.startswith("_dr_engine_protocol_")
-    assert dr.load_protocol(str(REPO / "engine")) is proto
-    other = dr.load_protocol(str(fake_engine(tmp_path / "x", protocol_version=(7, 1)) / "engine"))
-    assert other.PROTOCOL_VERSION == (7, 1) and proto.PROTOCOL_VERSION != other.PROTOCOL_VERSION
+    assert session.protocol is protocol and dr.CLIENT_PROTOCOL_MAJOR == protocol.PROTOCOL_VERSION[0]
+    assert not hasattr(dr, "load_protocol")
 
 
 STUBBORN_MAIN = r"""
@@ -165,7 +156,7 @@ def test_engine_failing_before_its_hello_is_explained(tmp_path):
 
 
 def test_configure_replaces_the_engine_when_idle(tmp_path, monkeypatch):
-    from dr_addon_client_under_test import session
+    from diffusion_renderer_addon.client import session
 
     monkeypatch.setattr(session, "_CLIENT", None)
     root = str(fake_engine(tmp_path / "fake", main=STUBBORN_MAIN))

@@ -105,7 +105,7 @@ def test_registry_states_callbacks_and_pruning():
 
 
 def test_cancel_escalation_waits_two_steps_and_never_during_load_or_write():
-    from dr_addon_client_under_test import events
+    from diffusion_renderer_addon.client import events
 
     reg = dr.JobRegistry()
     c = dr.EngineClient(dr.EngineConfig(python="x", cancel_grace=1.0, finish_grace=100.0), registry=reg)
@@ -135,12 +135,14 @@ def test_job_folder_tells_what_happened(tmp_path):
 
 
 def test_client_modules_import_without_bpy():
-    code = ("import sys, importlib.util; d = sys.argv[1]; "
-            "s = importlib.util.spec_from_file_location('c', d + '/__init__.py', submodule_search_locations=[d]); "
-            "m = importlib.util.module_from_spec(s); sys.modules['c'] = m; s.loader.exec_module(m); "
-            "import c.process, c.reader, c.jobs, c.errors, c.blocking, c.timer; "
-            "assert 'bpy' not in sys.modules and 'torch' not in sys.modules and 'engine' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code, str(CLIENT_DIR)], check=True, cwd=str(CLIENT_DIR.parent.parent.parent))
+    """The client imports bpy nothing, and of the engine only its stdlib contract package."""
+    code = ("import sys; import diffusion_renderer_addon.client as c; "
+            "import diffusion_renderer_addon.client.process, diffusion_renderer_addon.client.timer; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('bpy', 'torch', 'numpy') "
+            "or (m.split('.')[0] == 'engine' and m != 'engine' and not m.startswith('engine.contract'))]; "
+            "print(bad, c.session.protocol.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], check=True, cwd=str(REPO), capture_output=True, text=True)
+    assert out.stdout.split() == ["[]", "engine.contract.protocol"]
 
 
 def test_kept_small():

@@ -35,7 +35,8 @@ def test_zip_built_and_validated(built):
     assert zip_path.is_file()
     assert "built and validated" in proc.stderr and "Success" in proc.stdout
     names = set(zipfile.ZipFile(zip_path).namelist())
-    for required in ("blender_manifest.toml", "__init__.py", "engine/protocol.py", "engine/protocol_fields.py", "engine/__init__.py",
+    for required in ("blender_manifest.toml", "__init__.py", "engine/contract/__init__.py", "engine/contract/protocol.py", "engine/contract/params.py",
+                     "engine/__init__.py",
                      "client/session.py", "preferences.py", "bin/_bootstrap.py", "pyproject.toml"):
         assert required in names, required
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or n.startswith("tests/")]

@@ -27,7 +27,9 @@ def test_inverse_command_on_a_frame_folder(inv_ckpt, tmp_path, capsys):
         files = sorted((out / p).glob("*.exr"))
         assert [f.name for f in files] == [f"{p}.{i:04d}.exr" for i in range(5)], "frame numbers from the names"
     assert keep.read_text() == "mine", "existing files in the output folder are left alone"
-    assert "5 frames × 2 passes at 64x64" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "5 frames × 2 passes at 64x32, processed at 64x64 (padded 0,16,0,16)" in out_text, \
+        "the set has the input's size; the padding to the processing size is reported"
     assert not list(out.rglob("*.tmp*")), "no temporary files left behind"
 
 

@@ -1,11 +1,11 @@
-"""engine.gbuffer.manifest: schema, validation errors (field + file), versioning, forward compatibility."""
+"""engine.contract.gbuffer_set (the manifest): schema, validation errors (field + file), versioning, forward compatibility."""
 import copy
 import json
 
 import pytest
 
-from engine.gbuffer import manifest as mf
-from engine.gbuffer.manifest import Manifest, ManifestError, UnsupportedVersionError
+from engine.contract import gbuffer_set as mf
+from engine.contract.gbuffer_set import Manifest, ManifestError, UnsupportedVersionError
 
 
 def good():

@@ -13,7 +13,7 @@ from engine.gbuffer import (
     make_provenance,
     open_gbuffer_set,
 )
-from engine.gbuffer.manifest import GBufferSetError
+from engine.gbuffer import GBufferSetError
 from engine.io.exr import read_exr, read_exr_header, write_exr
 
 W, H = 24, 16

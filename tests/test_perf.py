@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import protocol
+from engine.contract import protocol
 from engine.cli import main as cli_main
 from engine.models import build_unet_from_config
 from engine.perf import cost_model

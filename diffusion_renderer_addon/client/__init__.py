@@ -1,5 +1,5 @@
-"""The add-on's engine client: starts the engine subprocess, speaks the JSON-lines protocol with it (using
-the engine's own ``engine/protocol.py``, loaded by file path), tracks jobs, reports errors.
+"""The add-on's engine client: starts the engine subprocess, speaks the JSON-lines protocol with it (the
+contract's ``protocol`` module, through ``..contract``), tracks jobs, reports errors.
 
 Stdlib only; importing this package never imports bpy (only ``timer.register()`` does). Typical use:
 
@@ -15,12 +15,12 @@ Scripts / ``blender -b``: ``blocking.run_job("inverse", params)``.
 from . import blocking, errors, jobs, timer
 from .errors import ClientError
 from .jobs import CANCELLED, CANCELLING, DONE, FAILED, QUEUED, REGISTRY, RUNNING, TERMINAL, Job, JobRegistry
-from .process import EngineConfig, clean_env, load_protocol, probe_python
+from .process import EngineConfig, clean_env, probe_python
 from .session import CLIENT_PROTOCOL_MAJOR, EngineClient, configure, current, shutdown_all
 
 __all__ = [
     "blocking", "errors", "jobs", "timer", "ClientError", "Job", "JobRegistry", "REGISTRY",
     "QUEUED", "RUNNING", "CANCELLING", "DONE", "FAILED", "CANCELLED", "TERMINAL",
     "EngineConfig", "EngineClient", "configure", "current", "shutdown_all", "CLIENT_PROTOCOL_MAJOR",
-    "clean_env", "load_protocol", "probe_python",
+    "clean_env", "probe_python",
 ]

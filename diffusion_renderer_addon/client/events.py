@@ -8,10 +8,11 @@ import queue
 import time
 from typing import Optional
 
+from ..contract import protocol
 from . import errors, jobs
 from .reader import EOF, INVALID, MESSAGE
 
-CLIENT_PROTOCOL_MAJOR = 1          # the protocol major this add-on is written for
+CLIENT_PROTOCOL_MAJOR = protocol.PROTOCOL_VERSION[0]      # the protocol major this add-on speaks
 STOPPED, STARTING, READY, STOPPING, CRASHED, FAILED = "stopped", "starting", "ready", "stopping", "crashed", "failed"
 
 

@@ -2,13 +2,11 @@
 
 The engine runs with the interpreter chosen in the preferences: ``<python> -m engine serve --parent-pid
 <blender pid>``, cwd and PYTHONPATH = the engine root, in a clean environment and its own process group
-(a cancel signal must never reach Blender). The protocol module is loaded from the engine folder being
-launched (``<engine>/protocol.py``, stdlib-only), so the add-on and the engine cannot disagree on it.
+(a cancel signal must never reach Blender). Messages are encoded and decoded with the contract's protocol
+module (``..contract``); the engine's protocol version is checked in the hello handshake.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import queue
@@ -133,34 +131,6 @@ def _group_kwargs() -> dict:
     if not ctypes.windll.kernel32.GetConsoleWindow():
         flags |= subprocess.CREATE_NO_WINDOW
     return {"creationflags": flags}
-
-
-_PROTOCOLS: dict = {}
-
-
-def load_protocol(engine_dir: str):
-    """Import ``<engine_dir>/protocol.py`` by file path (not the rest of the engine); cached per file."""
-    path = os.path.join(engine_dir, "protocol.py")
-    try:
-        stamp = os.stat(path).st_mtime_ns
-    except OSError:
-        raise errors.ClientError(errors.PROTOCOL_MISMATCH, f"The engine at {engine_dir} has no protocol.py: it "
-                                 "predates the add-on protocol.", "Update the engine checkout (git pull).") from None
-    cached = _PROTOCOLS.get(path)
-    if cached and cached[0] == stamp:
-        return cached[1]
-    name = "_dr_engine_protocol_" + hashlib.sha1(f"{path}:{stamp}".encode()).hexdigest()[:12]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(name, None)
-        raise errors.ClientError(errors.PROTOCOL_MISMATCH, f"{path} cannot be loaded: {type(exc).__name__}: {exc}",
-                                 "Update or repair the engine checkout.") from exc
-    _PROTOCOLS[path] = (stamp, module)
-    return module
 
 
 class EngineProcess:

@@ -12,10 +12,10 @@ import tempfile
 import time
 from typing import Optional
 
+from ..contract import protocol
 from . import errors, jobs
-from .events import (CLIENT_PROTOCOL_MAJOR, CRASHED, FAILED, READY, STARTING, STOPPED, STOPPING, EventHandlers,
-                     major)
-from .process import EngineConfig, EngineProcess, load_protocol, probe_python, resolve_python
+from .events import CLIENT_PROTOCOL_MAJOR, CRASHED, FAILED, READY, STARTING, STOPPED, STOPPING, EventHandlers
+from .process import EngineConfig, EngineProcess, probe_python, resolve_python
 
 CLIENT_NAME = "diffusion-renderer-blender-addon"
 __all__ = ["EngineClient", "EngineConfig", "configure", "current", "shutdown_all", "CLIENT_PROTOCOL_MAJOR",
@@ -27,7 +27,7 @@ class EngineClient(EventHandlers):
         self.config, self.registry = config, registry or jobs.REGISTRY
         self.events: "queue.Queue" = queue.Queue()
         self.proc: Optional[EngineProcess] = None
-        self.protocol = None
+        self.protocol = protocol                # the contract's; the engine's version is checked at hello
         self.state, self.info, self.last_error, self.last_status = STOPPED, None, None, None
         self.probe: Optional[dict] = None
         self._generation, self._next_id = 0, 0
@@ -52,17 +52,14 @@ class EngineClient(EventHandlers):
         return self.proc.stderr.tail(n) if self.proc else []
 
     def start(self) -> None:
-        """Check the interpreter, load the engine's protocol module, spawn the engine and send hello.
+        """Check the interpreter, spawn the engine and send hello (whose reply carries the engine's protocol
+        version: another major fails the start with a protocol_mismatch error).
         Returns at once (state STARTING; READY after the engine's hello). Raises errors.ClientError."""
         if self.proc is not None and self.proc.alive():
             return
         try:
             self.probe = probe_python(resolve_python(self.config.python), self.config.engine_root,
                                       self.config.probe_timeout, self.config.env)
-            self.protocol = load_protocol(self.probe["engine_dir"])
-            if major(self.protocol.PROTOCOL_VERSION) != CLIENT_PROTOCOL_MAJOR:
-                raise errors.protocol_mismatch(self.protocol.PROTOCOL_VERSION, CLIENT_PROTOCOL_MAJOR,
-                                               self.probe.get("engine_version"), self.probe["engine_dir"])
             self._generation += 1
             self.proc = EngineProcess(self.config, self.protocol, self.events, self._generation,
                                       self.probe["engine_dir"])

@@ -24,8 +24,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from datetime import datetime, timezone
+
+from . import json_text
+from .atomic import atomic_write_text
 
 FORMAT = "diffusion-renderer/blender-render"
 VERSION = 1
@@ -161,7 +163,8 @@ def blender_filepath(folder: str) -> str:
 
 
 def dumps(data: dict) -> str:
-    return json.dumps(data, indent=2, allow_nan=False) + "\n"
+    """The file's text: the contract's one JSON layout (json_text), newline-terminated."""
+    return json_text.dumps(data) + "\n"
 
 
 def write(folder, data: dict) -> str:
@@ -170,17 +173,7 @@ def write(folder, data: dict) -> str:
     if problems:
         raise RenderJsonError(f"{os.path.join(str(folder), FILE_NAME)}: {problems[0]}")
     path = os.path.join(str(folder), FILE_NAME)
-    tmp = os.path.join(str(folder), f".{FILE_NAME}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(dumps(data))
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_text(path, dumps(data))
     return path
 
 

@@ -1,21 +1,24 @@
-"""G-buffer sets: per-pass linear EXR sequences + manifest.json, the contract with the Blender add-on
-(docs/GBUFFER_SET.md), and THE conversions to and from the models' encodings (`encodings`)."""
+"""G-buffer sets: per-pass linear EXR sequences + manifest.json (docs/GBUFFER_SET.md; the format itself is
+part of the contract, ``engine/contract/gbuffer_set.py``, re-exported here), their reading and writing,
+and THE conversions to and from the models' encodings (`encodings`)."""
+from engine.contract.gbuffer_set import (DEFAULT_PASSES, FORMAT, FORWARD_PASSES, MANIFEST_NAME, MODEL_PASSES,
+                                         PASS_SPECS, VERSION, GBufferSetError, Manifest, ManifestError,
+                                         UnsupportedVersionError, default_pass_entry, dumps, frame_path,
+                                         make_provenance, pass_pattern, same_clip, validate)
+
 from .encodings import (BACKGROUND_DEPTH, DEPTH_RANGE_RULE, DepthRangeAccumulator, compute_depth_range,
                         decode_depth, decode_normal, decode_scalar, denormalise_depth, depth_background_mask,
                         depth_manifest, encode_normal, encode_pass, encode_scalar, from_model_outputs,
                         linear_to_srgb, normalise_depth, resolve_depth_range, srgb_to_linear, to_model_inputs)
 from .gbuffer_set import (DEPTH_BACKGROUND, GBufferSet, GBufferSetWriter, IncompleteSetError, SetConflictError,
                           open_gbuffer_set)
-from .manifest import (FORMAT, MANIFEST_NAME, MODEL_PASSES, PASS_SPECS, VERSION, GBufferSetError, Manifest,
-                       ManifestError, UnsupportedVersionError, default_pass_entry, frame_path, make_provenance,
-                       pass_pattern, same_clip, validate)
 from .previews import (clip_depth_range, contact_sheet_frames, display_frames, write_contact_sheet,
                        write_pass_video, write_previews)
 
 __all__ = [
     # manifest
-    "FORMAT", "VERSION", "MANIFEST_NAME", "PASS_SPECS", "MODEL_PASSES", "Manifest", "validate", "make_provenance",
-    "default_pass_entry", "pass_pattern", "frame_path", "same_clip",
+    "FORMAT", "VERSION", "MANIFEST_NAME", "PASS_SPECS", "MODEL_PASSES", "DEFAULT_PASSES", "FORWARD_PASSES",
+    "Manifest", "validate", "make_provenance", "default_pass_entry", "pass_pattern", "frame_path", "same_clip", "dumps",
     "GBufferSetError", "ManifestError", "UnsupportedVersionError", "IncompleteSetError", "SetConflictError",
     # set I/O
     "GBufferSetWriter", "GBufferSet", "open_gbuffer_set", "DEPTH_BACKGROUND",

@@ -20,11 +20,12 @@ import time
 import numpy as np
 import torch
 
+from engine.contract.gbuffer_set import DEFAULT_PASSES
 from engine.perf.instrument import PeakMemory, StageClock, count_flops, device_peak_tflops
 from engine.perf.models import build_components
 from engine.perf.reference_pattern import reference_forward, reference_inverse
 
-FIVE = ("basecolor", "metallic", "roughness", "normal", "depth")
+FIVE = DEFAULT_PASSES          # the inverse job's default passes
 VARIANTS = ("preview", "channels_last", "full_decode", "no_sdpa", "temporal_conv", "low_vram", "minimal", "compile")
 DEFAULT_VARIANTS = ("preview", "channels_last", "full_decode", "no_sdpa", "temporal_conv", "low_vram")
 

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from engine.contract import params as _P
 from engine.perf.bench import DEFAULT_VARIANTS, VARIANTS
 
 
@@ -35,12 +36,12 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny", action="store_true", help="tiny random models (seconds on a CPU) instead of the "
                    "full-size published configurations")
     p.add_argument("--resolution", type=_size, default=(512, 512), metavar="WxH", help="frame size (default 512x512)")
-    p.add_argument("--frames", type=int, default=24, help="frames per clip (default 24)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--frames", type=int, default=_P.default("frames"), help=f"frames per clip (default {_P.default('frames')})")
+    p.add_argument("--steps", type=int, default=_P.default("steps"), help=f"denoising steps (default {_P.default('steps')})")
     p.add_argument("--env-resolution", type=_size, default=None, metavar="WxH",
                    help="env-map size (default 512x512 full-size, the frame size with --tiny)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
-    p.add_argument("--dtype", default="auto", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16")
+    p.add_argument("--device", default=_P.default("device"), help=_P.param("device").help)
+    p.add_argument("--dtype", default=_P.default("dtype"), choices=_P.param("dtype").choices, help=_P.param("dtype").help)
     p.add_argument("--repeats", type=int, default=1, help="timed runs per case after one warm-up (fastest reported)")
     p.add_argument("--variants", type=_variants, default=DEFAULT_VARIANTS, metavar="LIST",
                    help=f"extra cases: comma list of {', '.join(VARIANTS)}; 'all' or 'none' "
@@ -122,16 +123,19 @@ def add_estimate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["inverse", "forward"])
     p.add_argument("--size", type=_size, required=True, metavar="WxH", help="input clip size (e.g. 1920x1080)")
     p.add_argument("--frames", type=int, required=True, help="frames in the clip")
-    p.add_argument("--passes", type=int, default=5, help="inverse passes (default 5)")
+    p.add_argument("--passes", type=int, default=len(_P.default("passes", "inverse")),
+                   help=f"inverse passes (default {len(_P.default('passes', 'inverse'))})")
     p.add_argument("--lights", type=int, default=1, help="forward HDRIs (default 1)")
-    p.add_argument("--resolution", default=None, metavar="WxH", help="processing size (default: cover 512)")
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--window", type=int, default=24, help="frames per model window (default 24)")
-    p.add_argument("--overlap", type=int, default=6)
-    p.add_argument("--guidance", type=float, default=1.2)
-    p.add_argument("--memory", default="default", choices=["default", "low-vram", "minimal"])
-    p.add_argument("--device", default="auto", help="the device to predict for (cuda works without a GPU here)")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--resolution", default=_P.default("resolution"), metavar="WxH", help=_P.param("resolution").help)
+    p.add_argument("--steps", type=int, default=_P.default("steps"), help=_P.param("steps").help)
+    p.add_argument("--window", type=int, default=_P.default("frames"), help=_P.param("frames").help)
+    p.add_argument("--overlap", type=int, default=_P.default("overlap"), help=_P.param("overlap").help)
+    p.add_argument("--guidance", type=float, default=_P.default("guidance", "forward"),
+                   help=_P.param("guidance", "forward").help)
+    p.add_argument("--memory", default=_P.default("memory"), choices=_P.param("memory").choices,
+                   help=_P.param("memory").help)
+    p.add_argument("--device", default=_P.default("device"), help="the device to predict for (cuda works without a GPU here)")
+    p.add_argument("--dtype", default=_P.default("dtype"), choices=_P.param("dtype").choices)
     p.add_argument("--json", action="store_true")
 
 

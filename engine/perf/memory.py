@@ -23,9 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-log = logging.getLogger(__name__)
+from engine.contract.params import MEMORY_MODES
 
-MEMORY_MODES = ("default", "low-vram", "minimal")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from typing import Mapping, Optional, Sequence
 
 import torch
 
+from engine.contract.gbuffer_set import FORWARD_PASSES
 from engine.models.ff_chunk import chunk_feed_forward
 from engine.models.temporal_conv import default_fold, fold_temporal_convs
 from engine.pipelines import sampling
@@ -25,7 +26,7 @@ from engine.pipelines.vae_codec import decode_frames, encode_mean, to_frames_ten
 from engine.pipelines.windows import decode_clip, plan_windows, sample_clip
 from engine.pipelines.zero_context import install_zero_context_skip, zero_context_rows
 
-GBUFFER_ORDER = ("basecolor", "normal", "depth", "roughness", "metallic")
+GBUFFER_ORDER = FORWARD_PASSES   # the model's latent order of its G-buffer inputs
 
 
 def _encode_maybe_static(vae, frames: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from engine.contract.gbuffer_set import DEFAULT_PASSES, MODEL_PASSES
 from engine.models.ff_chunk import chunk_feed_forward
 from engine.models.temporal_conv import default_fold, fold_temporal_convs
 from engine.pipelines import sampling
@@ -21,8 +22,7 @@ from engine.pipelines.vae_codec import decode_frames, encode_mean, to_frames_ten
 from engine.pipelines.windows import decode_clip, plan_windows, sample_clip
 from engine.pipelines.zero_context import install_zero_context_skip
 
-PASS_INDEX = {"basecolor": 0, "metallic": 1, "roughness": 2, "normal": 3, "depth": 4, "diffuse_albedo": 5}
-DEFAULT_PASSES = ("basecolor", "metallic", "roughness", "normal", "depth")
+PASS_INDEX = {name: i for i, name in enumerate(MODEL_PASSES)}   # the model's pass-context index
 
 
 def autocast_for(device: torch.device, dtype: torch.dtype):

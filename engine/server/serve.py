@@ -15,7 +15,8 @@ import sys
 import threading
 from pathlib import Path
 
-from engine import __version__, protocol
+from engine import __version__
+from engine.contract import protocol
 from engine.server import lifecycle
 from engine.server.model_cache import ModelCache, cuda_allocated
 from engine.server.worker import DuplicateJob, Job, Worker
@@ -23,7 +24,7 @@ from engine.server.worker import DuplicateJob, Job, Worker
 log = logging.getLogger("engine.server")
 
 HINTS = {
-    "bad_message": "send one JSON object per line, built with engine.protocol.encode() (docs/PROTOCOL.md)",
+    "bad_message": "send one JSON object per line, built with engine.contract.protocol.encode() (docs/PROTOCOL.md)",
     "unknown_type": "see docs/PROTOCOL.md for the message types of this protocol version",
     "version_mismatch": f"this engine speaks protocol {protocol.VERSION}; update the engine or the add-on so the "
                         "major versions match",

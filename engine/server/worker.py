@@ -1,4 +1,5 @@
-"""The job queue and the one worker thread that runs jobs through run_inverse / run_forward.
+"""The job queue and the one worker thread that runs jobs (run_inverse / run_forward / run_gbuffers, chosen
+with their settings by engine/jobs/settings.py from the submit's params).
 
 Every accepted job ends with exactly one terminal message: ``result`` or ``error`` (code ``cancelled``
 when it was cancelled). Lock order: the writer's lock may be held while taking the queue lock, never
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine import protocol
+from engine.contract import protocol
 from engine.server.model_cache import ModelCache, free_device_memory
 
 log = logging.getLogger("engine.server")
@@ -57,55 +58,6 @@ class _Timed:
             return self._r(*args, **kwargs)
         finally:
             self.seconds += time.monotonic() - t0
-
-
-# ----------------------------------------------------------------------------- params → settings
-def _path(job: Job, value: str | None, default: Path | None = None) -> Path | None:
-    if value in (None, ""):
-        return default
-    p = Path(value).expanduser()
-    return p if p.is_absolute() else job.job_dir / p
-
-
-def build_settings(job: Job):
-    """(settings, run_function, positional inputs) for a validated submit."""
-    from engine.jobs.common import JobError, parse_resolution
-
-    p = job.params
-    common = {k: p[k] for k in ("model", "revision", "frames", "overlap", "steps", "device", "dtype", "memory", "decode_chunk",
-                                "decode_overlap", "blend", "windows_per_segment", "overwrite", "previews") if k in p}
-    if "resolution" in p:
-        common["resolution"] = parse_resolution(p["resolution"])
-    if "seed" in p:
-        common["seed"] = None if p["seed"] in (None, -1) else p["seed"]
-    out = _path(job, p.get("out"), job.job_dir / "out")
-    if job.kind == "inverse":
-        from engine.jobs.inverse_job import InverseSettings, run_inverse
-
-        s = InverseSettings(**common)
-        if "passes" in p:
-            s.passes = tuple(dict.fromkeys(p["passes"]))
-        if p.get("frame_range") is not None:
-            s.frame_range = tuple(p["frame_range"])
-        s.fps = p.get("fps")
-        src = _path(job, p["input"])
-        if not src.exists():
-            raise JobError(f"{src}: input not found")
-        return s, run_inverse, (src, out)
-    from engine.jobs.forward_job import ForwardSettings, run_forward
-
-    s = ForwardSettings(**common)
-    for k in ("lora_scale", "guidance", "rotate_light", "fixed_frame", "elevation", "elevation_convention",
-              "env_rotation", "env_strength", "env_flip", "camera_follow"):
-        if k in p:
-            setattr(s, k, p[k])
-    env_res = parse_resolution(p.get("env_resolution"), multiple=8)
-    if env_res is not None:
-        s.env_resolution = (env_res[1], env_res[0])   # (H, W) as the CLI passes it
-    src = _path(job, p["gbuffers"])
-    if not src.exists():
-        raise JobError(f"{src}: G-buffer input not found")
-    return s, run_forward, (src, [_path(job, h) for h in p["hdri"]], out)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -215,6 +167,7 @@ class Worker(threading.Thread):
         try:  # import the job code now, while idle, not when the first job arrives
             import engine.jobs.forward_job  # noqa: F401
             import engine.jobs.inverse_job  # noqa: F401
+            import engine.jobs.settings  # noqa: F401
             import engine.pipelines  # noqa: F401
         except Exception:  # noqa: BLE001 - the job that needs them reports the problem
             log.exception("could not import the job modules")
@@ -249,26 +202,31 @@ class Worker(threading.Thread):
         try:
             job.job_dir.mkdir(parents=True, exist_ok=True)
             _write_json(job.job_dir / "request.json", {"job": job.id, "kind": job.kind, "params": job.params})
-            settings, run, inputs = build_settings(job)
+            from engine.jobs.settings import build_settings
 
-            def on_load():
-                job.stage = "load_model"
-                self.send(protocol.progress(job.id, "load_model", 0, 0, elapsed_s=time.monotonic() - t_start))
+            built = build_settings(job.kind, job.params, job.job_dir, default_out=job.job_dir / "out")
+            settings = built.settings
+            timed, load_s, cached = None, 0.0, False
+            if hasattr(settings, "model"):          # the model kinds (a gbuffers job only converts files)
+                def on_load():
+                    job.stage = "load_model"
+                    self.send(protocol.progress(job.id, "load_model", 0, 0, elapsed_s=time.monotonic() - t_start))
 
-            renderer, load_s, cached = self.cache.get(
-                job.kind, settings.model, settings.revision, settings.device, settings.dtype, settings.memory,
-                allow_download=job.params.get("allow_download", True), on_load=on_load)
+                renderer, load_s, cached = self.cache.get(
+                    job.kind, settings.model, settings.revision, settings.device, settings.dtype, settings.memory,
+                    allow_download=job.params.get("allow_download", True), on_load=on_load)
+                timed = _Timed(renderer)
+                del renderer
             seconds["load_model"] = round(load_s, 3)
             if job.cancel.is_set():
                 from engine.pipelines import Cancelled
 
                 raise Cancelled("cancelled before the job started")
-            timed = _Timed(renderer)
-            del renderer
             t_run = time.monotonic()
-            summary = run(*inputs, settings, renderer=timed, listener=self._listener(job, t_start),
-                          should_cancel=job.cancel.is_set, show_progress=False)
-            seconds.update(job=round(time.monotonic() - t_run, 3), pipeline=round(timed.seconds, 3))
+            summary = built.run(*built.inputs, settings, renderer=timed, listener=self._listener(job, t_start),
+                                should_cancel=job.cancel.is_set, show_progress=False)
+            seconds.update(job=round(time.monotonic() - t_run, 3),
+                           pipeline=round(timed.seconds if timed is not None else time.monotonic() - t_run, 3))
             del timed
         except BaseException as exc:  # noqa: BLE001 - everything becomes an error message
             code, message, hint = classify(exc, self.log_file)
@@ -304,10 +262,12 @@ class Worker(threading.Thread):
         last = [0.0]
 
         def listener(info: dict) -> None:
-            job.stage, job.step, job.total = info.get("stage", "denoise"), int(info["step"]), int(info["total"])
+            stage = info.get("stage", "denoise")
+            stage = stage if stage in protocol.PROGRESS_STAGES else "denoise"
+            job.stage, job.step, job.total = stage, int(info["step"]), int(info["total"])
             now = time.monotonic()
             if job.step <= 1 or job.step >= job.total or now - last[0] >= self.progress_interval:
                 last[0] = now
-                self.send(protocol.progress(job.id, "denoise", job.step, job.total, chunk=info.get("chunk"),
+                self.send(protocol.progress(job.id, stage, job.step, job.total, chunk=info.get("chunk"),
                                             eta_s=info.get("eta_s"), elapsed_s=now - t_start))
         return listener

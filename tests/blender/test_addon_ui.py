@@ -24,7 +24,7 @@ needs_engine = pytest.mark.skipif(not os.environ.get("DR_ENGINE_PYTHON"),
 def test_installed_from_the_zip_with_the_bundled_engine(addon):
     root = Path(addon.__file__).parent
     assert root.parent.name == "user_default"
-    assert (root / "engine" / "protocol.py").is_file() and (root / "bin" / "_bootstrap.py").is_file()
+    assert (root / "engine" / "contract" / "protocol.py").is_file() and (root / "bin" / "_bootstrap.py").is_file()
     assert Path(addon.preferences.engine_root()) == root       # the engine copy inside the extension
 
 
@@ -89,6 +89,29 @@ class FakeLayout:
 
     def __setattr__(self, name, value):
         object.__setattr__(self, name, value)
+
+
+def test_scene_settings_follow_the_contracts_parameter_table(addon):
+    """The job settings' defaults, limits and tooltips are the contract's (engine/contract/params.py), read
+    by the installed extension from its own engine copy."""
+    params = sys.modules[PKG + ".contract"].params
+    rna = bpy.context.scene.diffusion_renderer.bl_rna.properties
+    props = {"frames": "frames", "overlap": "overlap", "steps": "steps", "seed": "seed", "previews": "previews",
+             "lora_scale": "lora_scale", "guidance": "guidance", "rotate_light": "rotate_light"}
+    for prop, name in props.items():
+        p, r = params.param(name), rna[prop]
+        assert r.default == pytest.approx(p.default_for(None)), prop
+        assert r.description == p.help, prop
+        if p.minimum is not None:
+            assert r.hard_min == pytest.approx(p.minimum), prop
+        limit = p.maximum if p.maximum is not None else p.ui_max
+        if limit is not None:
+            assert r.hard_max == pytest.approx(limit), prop
+    assert rna["forward_model"].default == params.default("model", "forward") == "forward"
+    assert rna["inverse_model"].default == params.default("model", "inverse") == "inverse"
+    ticked = [n for n in params.param("passes").choices if rna[f"pass_{n}"].default]
+    assert ticked == params.default("passes") and rna["guidance"].hard_max == 20.0
+    assert sys.modules[PKG + ".contract"].protocol.__name__ == PKG + ".engine.contract.protocol"
 
 
 def test_panels_draw(addon):

@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-CLIENT_DIR = REPO / "diffusion_renderer_addon" / "client"
 ENGINE_PY = os.environ.get("DR_ENGINE_PYTHON", "")
 
 if importlib.util.find_spec("bpy") is None:
@@ -35,14 +34,10 @@ import bpy  # noqa: E402  (after BLENDER_USER_RESOURCES: keep the user's Blender
 
 
 def load_client():
-    name = "dr_addon_client_in_bpy"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, CLIENT_DIR / "__init__.py",
-                                                      submodule_search_locations=[str(CLIENT_DIR)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    """The add-on's client as the add-on imports it (its package; the contract from this checkout)."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module("diffusion_renderer_addon.client")
 
 
 dr = load_client()

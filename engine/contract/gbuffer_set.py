@@ -1,8 +1,9 @@
-"""The G-buffer set manifest (`manifest.json`): schema, validation, versioning.
+"""The G-buffer set format (docs/GBUFFER_SET.md): the pass vocabulary, per-pass channels/encodings/dtypes,
+pass file naming, and ``manifest.json`` — schema, validation, versioning, the JSON writer. STDLIB ONLY: the
+engine (``engine.gbuffer`` re-exports it) and the Blender add-on both use it.
 
-The manifest is the contract between the engine and the Blender add-on (see docs/GBUFFER_SET.md).
-It is plain JSON; `Manifest` wraps the dict, validates it and keeps every key it does not know
-(forward compatibility: a file written by a newer *minor* writer round-trips unchanged).
+`Manifest` wraps the dict, validates it and keeps every key it does not know (forward compatibility: a
+file written by a newer *minor* writer round-trips unchanged).
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from engine.atomic import atomic_write_text
+from .atomic import atomic_write_text
+from .json_text import dumps
 
 FORMAT = "diffusion-renderer/gbuffer-set"
 VERSION = 1  # major version; additive changes keep it, breaking changes bump it
@@ -55,8 +57,14 @@ PASS_SPECS: dict[str, PassSpec] = {
     "metallic": PassSpec(("V",), "non-color", "half"),
     "alpha": PassSpec(("V",), "non-color", "half"),
 }
-# Display / contact-sheet order; also the model's pass vocabulary (index order of the inverse model).
+# The models' pass vocabulary: the inverse model's pass index order (engine.pipelines PASS_INDEX), what an
+# inverse job computes by default, and what the forward model reads (in its latent order).
 MODEL_PASSES = ("basecolor", "metallic", "roughness", "normal", "depth", "diffuse_albedo")
+DEFAULT_PASSES = MODEL_PASSES[:5]
+FORWARD_PASSES = ("basecolor", "normal", "depth", "roughness", "metallic")
+# the passes of a set converted from a Blender render folder (engine/gbuffer/blender_render.py)
+RENDER_PASSES = ("rgb", "basecolor", "normal", "depth", "roughness", "metallic", "alpha")
+# Display / contact-sheet order.
 PASS_ORDER = ("rgb", "relit", "basecolor", "normal", "depth", "roughness", "metallic", "diffuse_albedo", "alpha")
 
 
@@ -106,7 +114,7 @@ def default_pass_entry(name: str, *, depth_kind: str | None = None, dtype: str |
 def make_provenance(producer: str, *, model: str | None = None, revision: str | None = None,
                     settings: dict | None = None, source: str | None = None, **extra) -> dict:
     """Provenance block: who made the set, from what, with which model and settings, when."""
-    from engine import __version__
+    from .. import __version__   # the engine package this contract belongs to
 
     prov = {"producer": producer, "engine_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")}
@@ -302,7 +310,7 @@ class Manifest:
         return copy.deepcopy(self.data)
 
     def to_json(self) -> str:
-        return _dumps(self.data) + "\n"
+        return dumps(self.data) + "\n"
 
     @classmethod
     def load(cls, path) -> "Manifest":
@@ -317,17 +325,6 @@ class Manifest:
     def save(self, path) -> None:
         """Write atomically (temp file + rename)."""
         atomic_write_text(Path(path), self.to_json())
-
-
-def _dumps(obj, level: int = 0) -> str:
-    """JSON with 2-space indentation, but lists without objects (frame numbers, matrices) on one line."""
-    pad, inner = "  " * level, "  " * (level + 1)
-    if isinstance(obj, dict) and obj:
-        items = [f"{inner}{json.dumps(str(k))}: {_dumps(v, level + 1)}" for k, v in obj.items()]
-        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
-    if isinstance(obj, list) and any(isinstance(v, dict) for v in obj):
-        return "[\n" + ",\n".join(inner + _dumps(v, level + 1) for v in obj) + f"\n{pad}]"
-    return json.dumps(obj, allow_nan=False)
 
 
 def same_clip(a: dict, b: dict) -> bool:

@@ -1,9 +1,10 @@
 """The engine <-> add-on protocol: JSON lines over the engine's stdin/stdout (docs/PROTOCOL.md).
 
-STDLIB ONLY (json): the Blender add-on imports this very file from the bundled engine folder, so both
-sides share one message table and one validator. Every message is one JSON object on one line with
-``"type"`` and the protocol version ``"v": "MAJOR.MINOR"``; the major version must match, the minor
-one is informative (additions only: new optional fields, new message types).
+STDLIB ONLY: part of the contract package both sides import (``engine.contract.protocol``; the add-on via
+``diffusion_renderer_addon/contract.py``), so they share one message table and one validator. Every
+message is one JSON object on one line with ``"type"`` and the protocol version ``"v": "MAJOR.MINOR"``; the
+major version must match, the minor one is informative (additions only: new optional fields, new message
+types). Job parameters come from ``params.py``.
 
 >>> line = encode(submit("job-1", "inverse", "/tmp/job-1", {"input": "/shots/plate.mp4", "steps": 20}))
 >>> msg = decode(line)                 # ProtocolError on non-JSON, non-object, >1 MiB, other major
@@ -13,37 +14,17 @@ one is informative (additions only: new optional fields, new message types).
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import os
-import sys
 
+from . import params as _params
+from .fields import Field, clean_number, markdown_table, parse_version
+from .fields import is_type as _is
+from .fields import show as _show
+from .fields import table_problems as _table_problems
+from .gbuffer_set import DEFAULT_PASSES as _DEFAULT_PASSES, MODEL_PASSES
 
-def _load_sibling(name: str):
-    """``engine/<name>.py``: a package import in the engine; a file-path import where this file was itself
-    loaded by path (the Blender add-on), registered under this module's own name."""
-    if __package__:
-        return importlib.import_module(f"{__package__}.{name}")
-    key = f"{__name__}.{name}"
-    if key not in sys.modules:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-        spec = importlib.util.spec_from_file_location(key, path)
-        sys.modules[key] = module = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[key]
-            raise
-    return sys.modules[key]
-
-
-_fields = _load_sibling("protocol_fields")
-Field, markdown_table, parse_version, clean_number = (_fields.Field, _fields.markdown_table, _fields.parse_version,
-                                                     _fields.clean_number)
-_is, _check_field, _show, _table_problems = _fields.is_type, _fields.check_field, _fields.show, _fields.table_problems
-
-PROTOCOL_VERSION = (1, 1)   # 1.1: "estimate" request/reply, "memory" job parameter
+PROTOCOL_VERSION = (1, 2)   # 1.1: "estimate", "memory"; 1.2: job kind "gbuffers", stage "convert", params
+#                             source_fps, first_frame, colorspace, output_size, fit
 VERSION = f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
 MAX_LINE_BYTES = 1 << 20          # one message, UTF-8, without the newline
 TO_ENGINE, TO_CLIENT = "to_engine", "to_client"
@@ -61,11 +42,12 @@ ERROR_CODES = {
     "internal": "an unexpected engine failure; the engine log has the traceback",
 }
 
-PASSES = ("basecolor", "metallic", "roughness", "normal", "depth", "diffuse_albedo")   # = pipelines.PASS_INDEX
-DEFAULT_PASSES = ["basecolor", "metallic", "roughness", "normal", "depth"]
-JOB_KINDS = ("inverse", "forward")
-PROGRESS_STAGES = ("load_model", "denoise")
-MEMORY_MODES = ("default", "low-vram", "minimal")
+PASSES = MODEL_PASSES
+DEFAULT_PASSES = list(_DEFAULT_PASSES)
+JOB_KINDS = _params.KINDS
+ESTIMATE_KINDS = ("inverse", "forward")      # the kinds that run a model (gbuffers only converts files)
+PROGRESS_STAGES = ("load_model", "denoise", "convert")
+MEMORY_MODES = _params.MEMORY_MODES
 
 
 class ProtocolError(ValueError):
@@ -88,9 +70,10 @@ MESSAGES: dict = {
         "hello": {"id": _ID, "client": Field("str", doc="client name and version, for the log")},
         "submit": {"id": _ID, "job": _JOB, "kind": Field("str", True, choices=JOB_KINDS),
                    "job_dir": Field("str", True, doc="absolute folder the engine may write into for this job"),
-                   "params": Field("obj", True, doc="the job's settings (tables INVERSE_PARAMS / FORWARD_PARAMS)")},
+                   "params": Field("obj", True, doc="the job's settings (params.py; INVERSE_PARAMS / FORWARD_PARAMS / "
+                                                 "GBUFFERS_PARAMS)")},
         "cancel": {"id": _ID, "job": _JOB},
-        "estimate": {"id": _ID, "kind": Field("str", True, choices=JOB_KINDS),
+        "estimate": {"id": _ID, "kind": Field("str", True, choices=ESTIMATE_KINDS),
                      "size": Field("obj", True, doc="{width, height, frames, passes (inverse) | lights (forward)}"),
                      "params": Field("obj", doc="the job's params as in submit (steps, frames, memory ...); "
                                                 "inputs may be left out")},
@@ -122,7 +105,7 @@ MESSAGES: dict = {
         "error": {"reply_to": _REPLY, "code": Field("str", True, choices=tuple(ERROR_CODES)),
                   "message": Field("str", True), "hint": Field("str|null"), "job": Field("str|null"),
                   "problems": Field("list[str]"), "step": Field("int|null"), "log_file": Field("str|null")},
-        "estimate": {"reply_to": _REPLY, "kind": Field("str", True, choices=JOB_KINDS),
+        "estimate": {"reply_to": _REPLY, "kind": Field("str", True, choices=ESTIMATE_KINDS),
                      "seconds": Field("num", True), "peak_memory_gb": Field("num", True),
                      "device_memory_gb": Field("num|null"), "fits": Field("bool|null"),
                      "unet_evals": Field("int"), "detail": Field("obj")},
@@ -131,39 +114,10 @@ MESSAGES: dict = {
     },
 }
 
-_SAMPLING = {
-    "out": Field("str|null", doc="output folder (default <job_dir>/out); relative paths are inside job_dir"),
-    "frames": Field("int", minimum=1, doc="frames per model window (24)"),
-    "overlap": Field("int", minimum=0, doc="frames shared by neighbouring windows (6), < frames"),
-    "blend": Field("str", choices=("latent", "crossfade", "none")),
-    "steps": Field("int", minimum=1, maximum=1000, doc="denoising steps (20)"),
-    "resolution": Field("str|null", doc="'WxH', multiples of 64; null/'auto' = cover 512"),
-    "seed": Field("int|null", minimum=-1, doc="0; -1 or null = random"),
-    "decode_chunk": Field("int", minimum=1), "decode_overlap": Field("int", minimum=0),
-    "windows_per_segment": Field("int", minimum=1),
-    "overwrite": Field("bool"), "previews": Field("bool", doc="PNG previews and mp4 (true)"),
-    "model": Field("str", doc="published name or checkpoint folder"), "revision": Field("str|null"),
-    "device": Field("str", doc="auto, cpu, cuda, cuda:1 ..."), "dtype": Field("str", choices=("auto", "fp32", "fp16", "bf16")),
-    "memory": Field("str", choices=MEMORY_MODES, doc="GPU memory mode (default; low-vram; minimal)"),
-    "allow_download": Field("bool", doc="download missing published weights (true)"),
-}
-INVERSE_PARAMS = {
-    "input": Field("str", True, doc="video file, frame folder or folder of clips"),
-    "passes": Field("list[str]", choices=PASSES, length=(1, len(PASSES))),
-    "frame_range": Field("list[int]|null", length=(2, 2)), "fps": Field("num|null", minimum=0.001),
-    **_SAMPLING,
-}
-FORWARD_PARAMS = {
-    "gbuffers": Field("str", True, doc="G-buffer set folder (or Blender EXRs / reference PNG layout)"),
-    "hdri": Field("list[str]", True, length=(1, 64), doc="environment maps (.hdr/.exr), one relit set each"),
-    "lora_scale": Field("num", minimum=0.0, maximum=2.0), "guidance": Field("num", minimum=1.0, maximum=20.0),
-    "rotate_light": Field("bool"), "fixed_frame": Field("int|null", minimum=0), "elevation": Field("num"),
-    "elevation_convention": Field("str", choices=("reference", "correct")), "env_rotation": Field("num"),
-    "env_strength": Field("num", minimum=0.0), "env_flip": Field("bool"), "env_resolution": Field("str"),
-    "camera_follow": Field("bool"),
-    **_SAMPLING,
-}
-PARAMS = {"inverse": INVERSE_PARAMS, "forward": FORWARD_PARAMS}
+INVERSE_PARAMS = _params.fields("inverse")
+FORWARD_PARAMS = _params.fields("forward")
+GBUFFERS_PARAMS = _params.fields("gbuffers")
+PARAMS = {"inverse": INVERSE_PARAMS, "forward": FORWARD_PARAMS, "gbuffers": GBUFFERS_PARAMS}
 ESTIMATE_SIZE = {k: Field("int", k in ("width", "height", "frames"), minimum=1)
                  for k in ("width", "height", "frames", "passes", "lights")}
 
@@ -184,17 +138,7 @@ def _version_problem(msg: dict) -> tuple | None:
 
 def _params_problems(kind: str, params: dict, inputs: bool = True) -> list:
     """Problems of a job's params; ``inputs=False`` (estimates): the input fields may be left out."""
-    table = PARAMS[kind]
-    out = [f"field 'params.{k}': unknown parameter for {kind} jobs" for k in params if k not in table]
-    out += _table_problems(params, table if inputs else {k: f for k, f in table.items() if not f.required},
-                           "params.", f"for {kind} jobs")
-    frames, overlap = params.get("frames", 24), params.get("overlap", 6)
-    if _is(frames, "int") and _is(overlap, "int") and frames >= 1 and not 0 <= overlap < frames:
-        out.append(f"field 'params.overlap': must be between 0 and frames - 1 ({frames - 1}), got {overlap}")
-    fr = params.get("frame_range")
-    if _is(fr, "list[int]") and len(fr) == 2 and fr[1] < fr[0]:
-        out.append(f"field 'params.frame_range': last frame {fr[1]} is before first {fr[0]}")
-    return out
+    return _params.problems(kind, params, inputs=inputs)
 
 
 def _classify(msg, direction: str) -> tuple:

@@ -1,10 +1,6 @@
-"""Field types of the engine <-> add-on protocol (``engine/protocol.py``): the notation, the check of one
-value, the check of an object against a table of fields, the Markdown rendering of message tables, and
-the version and number helpers.
-
-STDLIB ONLY, like ``protocol.py``, which loads this file as its sibling — by package import inside the
-engine, by file path inside Blender (the add-on loads ``protocol.py`` by path).
-"""
+"""Field types of the contract (``protocol.py``, ``params.py``): the notation, the check of one value, the
+check of an object against a table of fields, the Markdown rendering of message tables, and the version
+and number helpers. STDLIB ONLY."""
 from __future__ import annotations
 
 import json
@@ -42,23 +38,25 @@ def is_type(value, t: str) -> bool:
     raise KeyError(t)
 
 
-def check_field(name: str, value, f: Field) -> list:
+def check_field(name: str, value, f: Field, label: str | None = None) -> list:
+    """Problems of one value; each starts with ``label`` (default ``field '<name>':``)."""
+    label = label or f"field '{name}':"
     if not any(is_type(value, t) for t in f.types.split("|")):
-        return [f"field '{name}': expected {f.types}, got {show(value)}"]
+        return [f"{label} expected {f.types}, got {show(value)}"]
     if value is None:
         return []
     items = value if isinstance(value, list) else [value]
     out = []
     if f.length is not None and isinstance(value, list) and not f.length[0] <= len(value) <= f.length[1]:
         lo, hi = f.length
-        out.append(f"field '{name}': expected {lo if lo == hi else f'{lo} to {hi}'} item(s), got {len(value)}")
+        out.append(f"{label} expected {lo if lo == hi else f'{lo} to {hi}'} item(s), got {len(value)}")
     for v in items:
         if f.choices is not None and v not in f.choices:
-            out.append(f"field '{name}': {show(v)} is not one of {', '.join(map(str, f.choices))}")
+            out.append(f"{label} {show(v)} is not one of {', '.join(map(str, f.choices))}")
         if f.minimum is not None and isinstance(v, (int, float)) and v < f.minimum:
-            out.append(f"field '{name}': must be at least {f.minimum}, got {v}")
+            out.append(f"{label} must be at least {f.minimum}, got {v}")
         if f.maximum is not None and isinstance(v, (int, float)) and v > f.maximum:
-            out.append(f"field '{name}': must be at most {f.maximum}, got {v}")
+            out.append(f"{label} must be at most {f.maximum}, got {v}")
     return out
 
 
@@ -67,15 +65,17 @@ def show(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def table_problems(obj: dict, table: dict, prefix: str, where: str) -> list:
-    """Required fields missing from ``obj`` and every field's own problems."""
+def table_problems(obj: dict, table: dict, prefix: str, where: str, label=None) -> list:
+    """Required fields missing from ``obj`` and every field's own problems. ``label(name)`` names a field
+    in the messages (default ``field '<prefix><name>':``; the CLI names its option instead)."""
+    label = label or (lambda name: f"field '{prefix}{name}':")
     out = []
     for name, f in table.items():
         if name not in obj:
             if f.required:
-                out.append(f"field '{prefix}{name}': required {where}")
+                out.append(f"{label(name)} required {where}")
             continue
-        out += check_field(prefix + name, obj[name], f)
+        out += check_field(prefix + name, obj[name], f, label(name))
     return out
 
 

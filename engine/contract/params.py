@@ -1,0 +1,225 @@
+"""Job parameters, defined once: every parameter of every job kind with its type (the protocol's notation),
+default, choices/range, help sentence and command-line form. STDLIB ONLY.
+
+Derived from this table (nowhere else is a default, range or help text of a job parameter written):
+the protocol's ``submit.params`` checks (``protocol.INVERSE_PARAMS`` ...), the CLI's options
+(``engine/cli_options.py``), the settings dataclasses' defaults (``engine/jobs``), the add-on's property
+defaults, limits and tooltips (``diffusion_renderer_addon/properties.py``) and the option tables of
+docs/CLI.md and docs/PROTOCOL.md (``docs.py``).
+
+>>> default("model", "forward"), default("steps"), for_kind("gbuffers")["input"].cli
+('forward', 20, 'positional')
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from .fields import Field, is_type, table_problems
+from .gbuffer_set import DEFAULT_PASSES, MODEL_PASSES
+
+KINDS = ("inverse", "forward", "gbuffers")
+MEMORY_MODES = ("default", "low-vram", "minimal")
+CLI_FORMS = ("positional", "option", "flag", "no-flag", "list", "range", "size", "append")
+_MODELS = ("inverse", "forward")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One job parameter. ``kinds``: the job kinds taking it; ``required``: required in a submit;
+    ``cli``: its command-line form (None: protocol only) — ``positional``, ``option`` (``--name VALUE``),
+    ``flag`` (``--name``, store_true), ``no-flag`` (``--no-name`` sets false), ``list`` (comma-separated),
+    ``range`` ('FIRST:LAST'), ``size`` ('WxH'), ``append`` (repeatable); ``cli_required``: the CLI insists
+    on it although the protocol has a default; ``kind_default``: defaults that differ per kind;
+    ``doc_default``: how the docs show the default when the value alone says little; ``ui_max``: the
+    add-on's upper limit where the protocol has none; ``item``: the noun of one list element (errors)."""
+    name: str
+    type: str
+    default: object = None
+    help: str = ""
+    kinds: tuple = _MODELS
+    required: bool = False
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    length: tuple | None = None
+    cli: str | None = "option"
+    cli_required: bool = False
+    metavar: str | None = None
+    kind_default: dict | None = None
+    doc_default: str | None = None
+    ui_max: float | None = None
+    item: str = "value"
+
+    @property
+    def flag(self) -> str:
+        """The command-line spelling (``--decode-chunk``, ``--no-previews``; the name for positionals)."""
+        dashed = self.name.replace("_", "-")
+        return {"positional": self.name.upper(), "no-flag": f"--no-{dashed}"}.get(self.cli, f"--{dashed}")
+
+    @property
+    def cli_help(self) -> str:
+        """The help of the command-line option (a ``--no-x`` flag says what it turns off)."""
+        return f"Do not {self.help[0].lower()}{self.help[1:]}" if self.cli == "no-flag" else self.help
+
+    def default_for(self, kind: str | None = None):
+        value = (self.kind_default or {}).get(kind, self.default)
+        return copy.deepcopy(value)
+
+    def field(self) -> Field:
+        return Field(self.type, self.required, choices=self.choices, minimum=self.minimum, maximum=self.maximum,
+                     length=self.length, doc=self.help)
+
+
+_INV, _FWD, _GB, _ALL = ("inverse",), ("forward",), ("gbuffers",), KINDS
+
+PARAMS: tuple = (
+    # ------------------------------------------------------------------ inputs and outputs
+    Param("input", "str", None, "Video file (mp4/mov/mkv…), folder of frames (png/jpg/exr/tiff) or folder of such "
+          "clips (batch: one set per clip).", _INV, required=True, cli="positional"),
+    Param("input", "str", None, "Blender render folder: the multilayer EXRs Blender wrote plus the add-on's "
+          "render.json.", _GB, required=True, cli="positional", metavar="RENDER_DIR"),
+    Param("gbuffers", "str", None, "G-buffer set, Blender render folder (render.json + multilayer EXRs) or the "
+          "reference's <clip>/<chunk>.<frame>.<pass>.png layout.", _FWD, required=True, cli="positional"),
+    Param("hdri", "list[str]", None, "Environment map (.hdr/.exr), one relit set each; repeat for several lights.",
+          _FWD, required=True, length=(1, 64), cli="append", metavar="FILE"),
+    Param("out", "str|null", None, "Output folder (one sub-folder per clip or HDRI when there are several); "
+          "relative paths are inside the job folder.", _ALL, cli_required=True, doc_default="`<job_dir>/out`",
+          metavar="DIR"),
+    # ------------------------------------------------------------------ inverse
+    Param("passes", "list[str]", list(DEFAULT_PASSES), "G-buffer passes to compute.", _INV, choices=MODEL_PASSES,
+          length=(1, len(MODEL_PASSES)), cli="list", metavar="a,b,…", item="pass"),
+    Param("frame_range", "list[int]|null", None, "Frames to use, inclusive, in the set's frame numbers (a sequence's own "
+          "numbers; a video's count from first_frame, 1 by default).", _INV, length=(2, 2), cli="range", metavar="FIRST:LAST", doc_default="whole clip"),
+    Param("fps", "num|null", None, "Resample the clip to this frame rate (by frame selection).", _INV,
+          minimum=0.001, metavar="F", doc_default="source"),
+    Param("source_fps", "num|null", None, "Frame rate of the source: an image sequence's (24 when unknown); "
+          "overrides a video's own rate.", _INV,
+          minimum=0.001, metavar="F", doc_default="24 for sequences"),
+    Param("first_frame", "int|null", None, "Frame number given to the first frame: a video's (1) or, renumbering it, an "
+          "image sequence's.", _INV, minimum=0,
+          metavar="N", doc_default="1"),
+    Param("colorspace", "str", "auto", "Colour space of the input frames (auto: EXR linear, others sRGB).", _INV,
+          choices=("auto", "srgb", "linear")),
+    # ------------------------------------------------------------------ forward
+    Param("lora_scale", "num", 0.25, "Real-footage LoRA strength (0–0.5 recommended; 0 for synthetic objects).",
+          _FWD, minimum=0.0, maximum=2.0, metavar="S"),
+    Param("guidance", "num", 1.2, "Classifier-free guidance (1.0 = 2× faster preview).", _FWD, minimum=1.0,
+          maximum=20.0, metavar="G"),
+    Param("rotate_light", "bool", False, "Turn the light once around over the clip.", _FWD, cli="flag"),
+    Param("fixed_frame", "int|null", None, "Use this G-buffer frame (0-based) for every frame (a static scene, "
+          "e.g. with rotate_light).", _FWD, minimum=0, metavar="N", doc_default="–"),
+    Param("elevation", "num", 0.0, "Camera elevation in degrees.", _FWD, metavar="DEG"),
+    Param("elevation_convention", "str", "reference", "Sign of elevation: 'reference' tilts the view up for "
+          "positive values, as the original; 'correct' looks down.", _FWD, choices=("reference", "correct")),
+    Param("env_rotation", "num", 180.0, "Horizontal rotation of the HDRI in degrees.", _FWD, metavar="DEG"),
+    Param("env_strength", "num", 1.0, "Multiplier on the HDRI's radiance.", _FWD, minimum=0.0, metavar="S"),
+    Param("env_flip", "bool", False, "Mirror the HDRI left–right.", _FWD, cli="flag"),
+    Param("env_resolution", "str", "512x512", "Environment-map size fed to the model ('WxH', multiples of 8).",
+          _FWD, cli="size", metavar="WxH"),
+    Param("camera_follow", "bool", False, "Use the set's per-frame camera poses so the light stays fixed in the "
+          "world while the camera moves.", _FWD, cli="flag"),
+    # ------------------------------------------------------------------ model, windows, sampling (both models)
+    Param("model", "str", None, "Published model name (inverse, forward, forward-objaverse) or a checkpoint "
+          "folder.", kind_default={"inverse": "inverse", "forward": "forward"}, metavar="NAME|PATH"),
+    Param("revision", "str|null", None, "Hub revision (commit) to use instead of the pinned one.",
+          metavar="COMMIT", doc_default="pinned"),
+    Param("frames", "int", 24, "Frames the model sees at once (one window; lower = less memory).", minimum=1,
+          ui_max=256, metavar="N"),
+    Param("overlap", "int", 6, "Frames shared by neighbouring windows (less than frames).", minimum=0,
+          ui_max=255, metavar="N"),
+    Param("blend", "str", "latent", "How overlapping windows are joined: fused in latent space at every step, "
+          "cross-faded after decoding, or not at all (the reference).", choices=("latent", "crossfade", "none")),
+    Param("windows_per_segment", "int", 4, "Windows fused together per resumable segment.", minimum=1,
+          metavar="N"),
+    Param("steps", "int", 20, "Denoising (Euler) steps.", minimum=1, maximum=1000, metavar="N"),
+    Param("resolution", "str|null", None, "Processing size 'WxH', multiples of 64; null or 'auto' scales the "
+          "input to cover 512×512 keeping the aspect (1920×1080 → 960×512).", cli="size", metavar="WxH",
+          doc_default="cover 512"),
+    Param("output_size", "str", "source", "Size of the outputs: 'source' = the input's own size, 'processing' "
+          "= the model's size, or 'WxH'.", metavar="source|processing|WxH"),
+    Param("fit", "str", "pad", "How the input's aspect is fitted into the processing size.",
+          choices=("pad", "crop", "stretch")),
+    Param("seed", "int|null", 0, "Noise seed (-1 or null: a random seed, recorded in the manifest).", minimum=-1,
+          metavar="N"),
+    Param("decode_chunk", "int", 8, "Frames per VAE decode call (lower = less memory).", minimum=1, metavar="N"),
+    Param("decode_overlap", "int", 2, "Frames cross-faded between VAE decode calls.", minimum=0, metavar="N"),
+    Param("device", "str", "auto", "Device: auto (cuda when available), cpu, cuda, cuda:1 …", metavar="DEVICE"),
+    Param("dtype", "str", "auto", "Weights and compute precision (auto: fp16 on CUDA, fp32 on CPU).",
+          choices=("auto", "fp32", "fp16", "bf16")),
+    Param("memory", "str", "default", "GPU memory mode: low-vram offloads idle models, chunks the UNet "
+          "feed-forward and decodes 2 frames per call (≈ 5 GB at 512², 24 frames); minimal streams weights layer "
+          "by layer (slow); docs/PERFORMANCE.md §3.", choices=MEMORY_MODES),
+    Param("allow_download", "bool", True, "Download missing published weights (false: weights_unavailable at "
+          "once).", cli=None),
+    # ------------------------------------------------------------------ every kind
+    Param("overwrite", "bool", False, "Replace a different set already in the output folder.", _ALL, cli="flag"),
+    Param("previews", "bool", True, "Write PNG previews and an mp4 beside the EXRs.", _ALL, cli="no-flag"),
+)
+
+# Options of the command line that are not job parameters (how the CLI reports), shown in its tables.
+CLI_ONLY: tuple = (
+    Param("json", "bool", False, "Print a machine-readable summary on stdout.", _ALL, cli="flag"),
+)
+
+_BY_KIND = {k: {p.name: p for p in PARAMS if k in p.kinds} for k in KINDS}
+assert all(len(_BY_KIND[k]) == sum(k in p.kinds for p in PARAMS) for k in KINDS), "a parameter twice for a kind"
+assert all(p.cli in CLI_FORMS + (None,) for p in PARAMS)
+
+
+def for_kind(kind: str) -> dict:
+    """``{name: Param}`` of one job kind, in table order."""
+    if kind not in _BY_KIND:
+        raise KeyError(f"unknown job kind {kind!r}; kinds are {', '.join(KINDS)}")
+    return _BY_KIND[kind]
+
+
+def param(name: str, kind: str | None = None) -> Param:
+    """The parameter ``name`` (of ``kind``; without a kind, the first kind that has it)."""
+    for k in ((kind,) if kind else KINDS):
+        if name in for_kind(k):
+            return for_kind(k)[name]
+    raise KeyError(f"no job parameter {name!r}" + (f" for {kind} jobs" if kind else ""))
+
+
+def default(name: str, kind: str | None = None):
+    """The default of ``name`` (a fresh copy: lists may be changed by the caller)."""
+    return param(name, kind).default_for(kind)
+
+
+def defaults(kind: str) -> dict:
+    """Every optional parameter of ``kind`` with its default."""
+    return {n: p.default_for(kind) for n, p in for_kind(kind).items() if not p.required}
+
+
+def fields(kind: str) -> dict:
+    """The protocol's field table of ``kind``'s ``submit.params``."""
+    return {n: p.field() for n, p in for_kind(kind).items()}
+
+
+def parse_size(text: str) -> tuple:
+    """'WxH' → (W, H) positive integers; ValueError otherwise."""
+    w, h = (int(v) for v in str(text).lower().replace("×", "x").split("x"))
+    if w <= 0 or h <= 0:
+        raise ValueError(f"{text!r}: both sides must be positive")
+    return w, h
+
+
+def problems(kind: str, params: dict, *, inputs: bool = True, label=None) -> list:
+    """Problems of a job's params ([] = valid). ``inputs=False`` (estimates): required fields may be left
+    out. ``label(name)`` names a parameter in the messages: ``field 'params.<name>':`` (protocol) by
+    default; the CLI passes one that names its option."""
+    table = for_kind(kind)
+    label = label or (lambda n: f"field 'params.{n}':")
+    ref = (lambda n: n) if label("x").startswith("field") else (lambda n: table[n].flag if n in table else n)
+    out = [f"{label(k)} unknown parameter for {kind} jobs" for k in params if k not in table]
+    checked = {n: p.field() for n, p in table.items() if inputs or not p.required}
+    out += table_problems(params, checked, "params.", f"for {kind} jobs", label)
+    if "frames" in table:
+        frames, overlap = params.get("frames", default("frames")), params.get("overlap", default("overlap"))
+        if is_type(frames, "int") and is_type(overlap, "int") and frames >= 1 and not 0 <= overlap < frames:
+            out.append(f"{label('overlap')} must be between 0 and {ref('frames')} - 1 ({frames - 1}), got {overlap}")
+    fr = params.get("frame_range")
+    if is_type(fr, "list[int]") and len(fr) == 2 and fr[1] < fr[0]:
+        out.append(f"{label('frame_range')} last frame {fr[1]} is before first {fr[0]}")
+    return out
