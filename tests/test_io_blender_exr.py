@@ -1,5 +1,5 @@
-"""engine.io.blender_exr on real Blender 4.2 and 5.0 EXRs (tests/fixtures/make_blender_exr.py made them;
-bpy is not needed here)."""
+"""engine.io.blender_exr on real Blender 4.2 and 5.0 EXRs (tests/fixtures/make_blender_exr.py made the render
+folders tests/fixtures/blender_exr/<version>/; bpy is not needed here)."""
 import json
 from pathlib import Path
 
@@ -19,12 +19,13 @@ FIX = Path(__file__).parent / "fixtures" / "blender_exr"
 VERSIONS = ("blender42", "blender50")
 EXPECTED_LAYOUT = {("blender42", "render"): "blender-4x", ("blender50", "render"): "blender-5x",
                    ("blender42", "fileout"): "file-output", ("blender50", "fileout"): "file-output"}
-FILES = [(v, route, f"{v}_{route}_{n:04d}.exr") for v in VERSIONS for route, frames in
+FILE = {"render": "frame_{:06d}.exr", "fileout": "fileout_{:04d}.exr"}
+FILES = [(v, route, f"{v}/{FILE[route].format(n)}") for v in VERSIONS for route, frames in
          (("render", (1, 2)), ("fileout", (1,))) for n in frames]
 
 
 def _expected(version):
-    return json.loads((FIX / f"{version}_expected.json").read_text())
+    return json.loads((FIX / version / "expected.json").read_text())
 
 
 def _mask(passes, rgb):
@@ -83,25 +84,31 @@ def test_canonical_passes_and_known_values(version, route, name):
 
 @pytest.mark.parametrize("route", ["render", "fileout"])
 def test_both_blender_versions_agree(route):
-    a = read_blender_passes(FIX / f"blender42_{route}_0001.exr")
-    b = read_blender_passes(FIX / f"blender50_{route}_0001.exr")
+    a = read_blender_passes(FIX / "blender42" / FILE[route].format(1))
+    b = read_blender_passes(FIX / "blender50" / FILE[route].format(1))
     for k in ("depth", "basecolor", "roughness", "metallic"):
         np.testing.assert_allclose(a[k], b[k], atol=1e-3, err_msg=k)
     np.testing.assert_allclose(a["normal"], b["normal"], atol=5e-3)  # sub-pixel sampling differs slightly
 
 
 def test_frames_differ_and_sources_recorded():
-    f1 = read_blender_passes(FIX / "blender50_render_0001.exr")
-    f2 = read_blender_passes(FIX / "blender50_render_0002.exr")
+    f1 = read_blender_passes(FIX / "blender50" / "frame_000001.exr")
+    f2 = read_blender_passes(FIX / "blender50" / "frame_000002.exr")
     assert not np.array_equal(f1["depth"], f2["depth"])  # the sphere moved
     assert f1.sources["diffuse_color"] == "ViewLayer.Diffuse Color"
-    assert read_blender_passes(FIX / "blender42_render_0001.exr").sources["diffuse_color"] == "ViewLayer.DiffCol"
+    assert read_blender_passes(FIX / "blender42" / "frame_000001.exr").sources["diffuse_color"] == "ViewLayer.DiffCol"
     assert f1.view_layers == ["ViewLayer"]
 
 
+def test_file_output_ignores_the_view_layer_name():
+    """File Output files have no view-layer prefix: view_layer= (from render.json) does not refuse them."""
+    p = read_blender_passes(FIX / "blender50" / "fileout_0001.exr", view_layer="ViewLayer")
+    assert p.view_layer is None and p.view_layers == [] and "normal" in p
+
+
 def test_blender_exr_as_frame_gives_combined():
-    img, meta = read_frame(FIX / "blender42_render_0001.exr", info=True)
-    p = read_blender_passes(FIX / "blender42_render_0001.exr")
+    img, meta = read_frame(FIX / "blender42" / "frame_000001.exr", info=True)
+    p = read_blender_passes(FIX / "blender42" / "frame_000001.exr")
     assert meta["is_linear"] and img.shape == (16, 16, 3)
     np.testing.assert_array_equal(img, p["combined"][..., :3])
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .manifest import Manifest
+from engine.contract.gbuffer_set import Manifest
 
 # sRGB (IEC 61966-2-1), exact piecewise curve
 _A, _PHI, _GAMMA = 0.055, 12.92, 2.4

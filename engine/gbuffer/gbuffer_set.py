@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .encodings import DEPTH_RANGE_RULE, DepthRangeAccumulator, depth_background_mask
-from .manifest import (FORMAT, MANIFEST_NAME, PASS_ORDER, PASS_SPECS, VERSION, GBufferSetError, Manifest,
+from engine.contract.gbuffer_set import (FORMAT, MANIFEST_NAME, PASS_ORDER, PASS_SPECS, VERSION, GBufferSetError, Manifest,
                        ManifestError, default_pass_entry, frame_path, same_clip)
 
 DEPTH_BACKGROUND = 1e10  # what non-finite metric depth is written as (Cycles' background value)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .encodings import DepthRangeAccumulator, encode_pass
 from .gbuffer_set import GBufferSet, open_gbuffer_set
-from .manifest import MANIFEST_NAME, frame_path, pass_pattern
+from engine.contract.gbuffer_set import MANIFEST_NAME, frame_path, pass_pattern
 
 
 def _set(gset) -> GBufferSet:

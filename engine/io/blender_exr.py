@@ -22,73 +22,21 @@ Channels come back ordered R,G,B,A / X,Y,Z,W / U,V,A / single ``V``/``Z``/``X``,
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
+
+from engine.contract.blender_passes import BY_NAME, canonical_pass_name
 
 from .exr import ExrError, read_exr, read_exr_header
 
 __all__ = ["BlenderPasses", "read_blender_passes", "detect_layout", "canonical_pass_name", "PASS_NAMES"]
 
-# Blender short (4.x, render-layer sockets and EXR layers) and long (5.x) pass names → canonical.
-PASS_NAMES: dict[str, str] = {}
-for _canon, _names in {
-    "combined": ("Combined", "Image"),
-    "alpha": ("Alpha",),
-    "depth": ("Depth", "Z"),
-    "mist": ("Mist",),
-    "normal": ("Normal",),
-    "position": ("Position",),
-    "vector": ("Vector",),
-    "uv": ("UV",),
-    "object_index": ("IndexOB", "Object Index"),
-    "material_index": ("IndexMA", "Material Index"),
-    "diffuse_color": ("DiffCol", "Diffuse Color"),
-    "diffuse_direct": ("DiffDir", "Diffuse Direct"),
-    "diffuse_indirect": ("DiffInd", "Diffuse Indirect"),
-    "glossy_color": ("GlossCol", "Glossy Color"),
-    "glossy_direct": ("GlossDir", "Glossy Direct"),
-    "glossy_indirect": ("GlossInd", "Glossy Indirect"),
-    "transmission_color": ("TransCol", "Transmission Color"),
-    "transmission_direct": ("TransDir", "Transmission Direct"),
-    "transmission_indirect": ("TransInd", "Transmission Indirect"),
-    "subsurface_color": ("SubsurfaceCol", "Subsurface Color"),
-    "subsurface_direct": ("SubsurfaceDir", "Subsurface Direct"),
-    "subsurface_indirect": ("SubsurfaceInd", "Subsurface Indirect"),
-    "volume_direct": ("VolumeDir", "Volume Direct"),
-    "volume_indirect": ("VolumeInd", "Volume Indirect"),
-    "emission": ("Emit", "Emission"),
-    "environment": ("Env", "Environment"),
-    "ambient_occlusion": ("AO", "Ambient Occlusion"),
-    "shadow": ("Shadow",),
-    "shadow_catcher": ("Shadow Catcher",),
-    "noisy_image": ("Noisy Image",),
-    "noisy_shadow_catcher": ("Noisy Shadow Catcher",),
-    "denoising_normal": ("Denoising Normal",),
-    "denoising_albedo": ("Denoising Albedo",),
-    "denoising_depth": ("Denoising Depth",),
-    "denoising_roughness": ("Denoising Roughness",),
-    "denoising_specular_albedo": ("Denoising Specular Albedo",),
-}.items():
-    for _n in _names:
-        PASS_NAMES[_n] = _canon
-_LOWER = {k.lower(): v for k, v in PASS_NAMES.items()}
+# Blender's short (4.x) and long (5.x) pass names → canonical: the contract's table (shared with the add-on).
+PASS_NAMES = BY_NAME
 
 _ORDERS = ("RGBA", "XYZW", "UVA")
 _PLAIN = set("RGBAYZV")
-
-
-def canonical_pass_name(name: str) -> str:
-    """A Blender pass / AOV / File Output item name → the canonical name (see the module docstring)."""
-    n = name.strip()
-    if n in PASS_NAMES:
-        return PASS_NAMES[n]
-    if n.lower() in _LOWER:
-        return _LOWER[n.lower()]
-    if n[:4].upper() == "AOV_" and len(n) > 4:
-        n = n[4:]
-    return re.sub(r"[\s\-]+", "_", n).lower()
 
 
 def _order(chans) -> list[str]:
@@ -146,8 +94,9 @@ def read_blender_passes(path, *, view_layer: str | None = None) -> BlenderPasses
     """Read a Blender multilayer EXR (either layout, either route) → :class:`BlenderPasses`.
 
     With several view layers in one file pass ``view_layer=``; by default the first (in file order)
-    is used and the others are listed in ``.view_layers``. A plain RGB(A)/Y EXR gives one pass,
-    ``combined``. Two layers that map to the same canonical name are an error.
+    is used and the others are listed in ``.view_layers``. A file without view layers (File Output
+    node, plain) ignores ``view_layer``: its passes are read as they are. A plain RGB(A)/Y EXR gives
+    one pass, ``combined``. Two layers that map to the same canonical name are an error.
     """
     path = Path(path)
     h = read_exr_header(path)
@@ -162,9 +111,9 @@ def read_blender_passes(path, *, view_layer: str | None = None) -> BlenderPasses
         groups.setdefault((vl, pass_name), {})[chan] = arr
 
     layers = list(dict.fromkeys(vl for vl, _ in groups if vl is not None))
-    if view_layer is not None and view_layer not in layers:
+    if view_layer is not None and layers and view_layer not in layers:
         raise ValueError(f"{path}: no view layer {view_layer!r} (found: {', '.join(layers) or 'none'})")
-    chosen = view_layer if view_layer is not None else (layers[0] if layers else None)
+    chosen = (view_layer if view_layer is not None else layers[0]) if layers else None
 
     out = BlenderPasses()
     out.path, out.layout, out.view_layer, out.view_layers = str(path), layout, chosen, layers

@@ -1,15 +1,13 @@
 """G-buffer inputs of the forward job, in any of three layouts, as model inputs.
 
 - a **G-buffer set** (``manifest.json``, docs/GBUFFER_SET.md) — from the add-on or the inverse job;
-- a folder of **Blender multilayer EXRs** (4.2/4.5 single-part short names, 5.x multi-part long
-  names, or File Output node files) with AOVs ``basecolor``/``roughness``/``metallic`` and the Normal
-  and Depth passes. Blender's Normal pass is world-space, so the folder needs ``cameras.json``
-  (``{"frames": {"<frame>": {"matrix_world": 4×4}}}``) to bring normals into camera space;
+- a **Blender render folder**: ``render.json`` + the multilayer EXRs Blender wrote (any 4.2–5.x layout),
+  converted by ``engine.gbuffer.blender_render`` and encoded exactly as the set it converts to would be
+  (docs/GBUFFER_SET.md §8); bare Blender EXRs without ``render.json`` are refused with the fix;
 - the reference's **PNG layout** ``<clip>/<chunk>.<frame>.<pass>.png`` (already model-encoded).
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +15,10 @@ from typing import Optional
 
 import numpy as np
 
-REQUIRED = ("basecolor", "normal", "depth", "roughness", "metallic")
+from engine.contract.gbuffer_set import FORWARD_PASSES
+from engine.contract.render_json import FILE_NAME as RENDER_JSON
+
+REQUIRED = FORWARD_PASSES   # the forward model's inputs
 _REF_PNG = re.compile(r"^(?P<key>[^.]+)\.(?P<frame>\d+)\.(?P<pass>[a-z_]+)\.png$", re.IGNORECASE)
 
 
@@ -29,7 +30,7 @@ class GBufferInputError(ValueError):
 class GBufferClip:
     name: str
     source: str
-    layout: str                               # gbuffer-set | blender-exr | reference-png
+    layout: str                               # gbuffer-set | blender-render | reference-png
     frame_numbers: list
     fps: float
     inputs: dict                              # {pass: (F, H, W, 3) float32 in [0, 1]} model encodings
@@ -72,54 +73,24 @@ def _from_set(folder: Path) -> GBufferClip:
     return clip
 
 
-def _blender_cameras(folder: Path, numbers: list) -> list:
-    path = folder / "cameras.json"
-    if not path.is_file():
-        raise GBufferInputError(f"{folder}: Blender's Normal pass is in world space; add cameras.json with each "
-                                "frame's camera matrix_world ({\"frames\": {\"1\": {\"matrix_world\": [[...]]}}}), "
-                                "or export a G-buffer set with the add-on")
+def _from_render_folder(folder: Path) -> GBufferClip:
+    """A Blender render folder (render.json) through the converter, then the SAME encoding path as a set:
+    each pass rounded as its set file stores it, a manifest built from the same data — so the model
+    inputs equal those of the set `diffusion-renderer gbuffers` writes from this folder, bit for bit."""
+    from engine.gbuffer import GBufferSetError, to_model_inputs
+    from engine.gbuffer.blender_render import manifest_for, read_render_folder, round_to_set_dtypes
+
     try:
-        frames = json.loads(path.read_text())["frames"]
-        return [np.asarray(frames[str(n)]["matrix_world"], dtype=np.float64) for n in numbers]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise GBufferInputError(f"{path}: unreadable or missing a frame's matrix_world ({exc})") from None
-
-
-def _from_blender(folder: Path, files: list) -> GBufferClip:
-    from engine.gbuffer import (
-        compute_depth_range,
-        encode_normal,
-        encode_scalar,
-        linear_to_srgb,
-        normalise_depth,
-    )
-    from engine.io import frame_number, read_blender_passes
-
-    numbers = [frame_number(f) for f in files]
-    if None in numbers:
-        raise GBufferInputError(f"{files[numbers.index(None)]}: no frame number in the file name")
-    passes = [read_blender_passes(f) for f in files]
-    warnings = []
-    first = passes[0]
-    if "basecolor" not in first and "diffuse_color" in first:
-        warnings.append("no basecolor AOV: using the Diffuse Color pass (base colour × (1 − metallic))")
-    for name in ("normal", "depth", "roughness", "metallic"):
-        if name not in first:
-            raise GBufferInputError(f"{files[0]}: missing required G-buffer pass {name!r} "
-                                    f"(found: {', '.join(sorted(first))})")
-    cams = _blender_cameras(folder, numbers)
-    base = np.stack([p.get("basecolor", p.get("diffuse_color"))[..., :3] for p in passes]).astype(np.float32)
-    normal_w = np.stack([p["normal"][..., :3] for p in passes]).astype(np.float32)
-    normal_c = np.einsum("fij,fhwj->fhwi", np.stack([c[:3, :3].T for c in cams]).astype(np.float32), normal_w)
-    depth = np.stack([p["depth"][..., 0] for p in passes]).astype(np.float32)
-    rng = compute_depth_range(depth)
-    inputs = {"basecolor": linear_to_srgb(base), "normal": encode_normal(normal_c),
-              "depth": np.repeat(normalise_depth(depth, *rng)[..., None], 3, -1) if rng else np.ones_like(base),
-              "roughness": encode_scalar(np.stack([p["roughness"][..., :1] for p in passes])),
-              "metallic": encode_scalar(np.stack([p["metallic"][..., :1] for p in passes]))}
-    clip = GBufferClip(folder.name, str(folder), "blender-exr", numbers, 24.0,
-                       {k: np.asarray(v, np.float32) for k, v in inputs.items()}, [c.tolist() for c in cams],
-                       warnings)
+        rendered = read_render_folder(folder)
+    except GBufferSetError as exc:
+        raise GBufferInputError(str(exc)) from None
+    manifest = manifest_for(rendered)
+    frames = round_to_set_dtypes({p: v for p, v in rendered.passes.items() if p in REQUIRED or p == "alpha"})
+    inputs = to_model_inputs(frames, manifest)
+    cams = rendered.cameras
+    clip = GBufferClip(folder.name, str(folder), "blender-render", list(rendered.frame_numbers), rendered.fps,
+                       {p: np.asarray(v, np.float32) for p, v in inputs.items()},
+                       [c["matrix_world"] for c in cams], list(rendered.warnings), [dict(c) for c in cams])
     _check_complete(clip.inputs, str(folder))
     return clip
 
@@ -161,7 +132,7 @@ def _from_reference_pngs(folder: Path, files: list) -> list[GBufferClip]:
 
 
 def load_gbuffer_clips(path) -> list[GBufferClip]:
-    """Every G-buffer clip at ``path`` (a set, a Blender EXR folder, a reference PNG folder, or a
+    """Every G-buffer clip at ``path`` (a set, a Blender render folder, a reference PNG folder, or a
     folder of such folders)."""
     from engine.io import detect_layout
 
@@ -169,19 +140,20 @@ def load_gbuffer_clips(path) -> list[GBufferClip]:
     if not path.exists():
         raise GBufferInputError(f"{path}: G-buffer input not found")
     if not path.is_dir():
-        raise GBufferInputError(f"{path}: expected a folder (a G-buffer set, Blender EXRs or reference PNGs)")
+        raise GBufferInputError(f"{path}: expected a folder (a G-buffer set, a Blender render folder or "
+                                "reference PNGs)")
     if (path / "manifest.json").is_file():
         return [_from_set(path)]
+    if (path / RENDER_JSON).is_file():
+        return [_from_render_folder(path)]
     exrs = sorted(p for p in path.iterdir() if p.suffix.lower() == ".exr")
     if exrs:
-        layout = detect_layout(exrs[0])
-        if layout == "plain":
+        if detect_layout(exrs[0]) == "plain":
             raise GBufferInputError(f"{exrs[0]}: a plain EXR, not a Blender multilayer render (no pass layers); "
                                     "a G-buffer set needs its manifest.json")
-        from engine.io import frame_number
-
-        exrs.sort(key=lambda p: (frame_number(p) is None, frame_number(p) or 0))
-        return [_from_blender(path, exrs)]
+        raise GBufferInputError(f"{path}: Blender EXRs without {RENDER_JSON} (the cameras, frame rate and AOV names "
+                                "the conversion needs); export them with the add-on's Neural Render, or write a "
+                                f"{RENDER_JSON} beside them (docs/GBUFFER_SET.md §8)")
     pngs = sorted(p for p in path.iterdir() if p.suffix.lower() == ".png" and _REF_PNG.match(p.name))
     if pngs:
         return _from_reference_pngs(path, pngs)
@@ -195,6 +167,6 @@ def load_gbuffer_clips(path) -> list[GBufferClip]:
                 continue
             raise
     if not clips:
-        raise GBufferInputError(f"{path}: no G-buffers found (no manifest.json, Blender EXRs or "
+        raise GBufferInputError(f"{path}: no G-buffers found (no manifest.json, {RENDER_JSON} or "
                                 "<chunk>.<frame>.<pass>.png files)")
     return clips
