@@ -297,3 +297,47 @@ def test_no_warnings_for_clean_frames(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_frame(tmp_path / "c.exr")
+
+
+def test_png16_sequence_streams_through_one_decoder(tmp_path, monkeypatch):
+    """A clip of 16-bit PNGs starts ONE ffmpeg process for all its frames (none per frame), keeps the
+    16-bit values, restarts only when read backwards, and a pattern picks it out of a shared folder."""
+    import subprocess
+
+    import engine.io.deep_frames as deep
+
+    frames = {}
+    for f in (3, 4, 5, 6):
+        v = ramp16()
+        v[1, 1] = [f * 1000 + 1, 7, 9]
+        frames[f] = v
+        write_png16(tmp_path / f"deep_{f:04d}.png", v)
+    write_png16(tmp_path / "other_0001.png", ramp16())
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(cmd, *a, **kw):
+        started.append(cmd)
+        return real_popen(cmd, *a, **kw)
+
+    monkeypatch.setattr(deep.subprocess, "Popen", popen)
+    monkeypatch.setattr(deep.subprocess, "run", lambda *a, **kw: pytest.fail("a decoder started per frame"))
+    with open_clip(tmp_path / "deep_####.png") as clip:
+        assert clip.frame_numbers == [3, 4, 5, 6] and clip.size == (64, 8)
+        got = [clip.read(i) for i in range(4)]
+        assert len(started) == 1
+        for f, img in zip((3, 4, 5, 6), got):
+            np.testing.assert_array_equal(np.round(img * 65535).astype(np.uint16), frames[f])
+        np.testing.assert_array_equal(np.round(clip.read(1) * 65535).astype(np.uint16), frames[4])
+        assert len(started) == 2                      # backwards: one restart, at that frame
+    with open_clip(tmp_path / "deep_####.png", first_number=101, frame_range=(102, 103)) as clip:
+        assert clip.frame_numbers == [102, 103]       # renumbered from the first file, then ranged
+
+
+def test_pattern_errors_name_the_pattern(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"shot_####\.png: no files match"):
+        open_clip(tmp_path / "shot_####.png")
+    with pytest.raises(FileNotFoundError, match="no files match"):
+        find_clips(tmp_path / "shot_####.png")
+    Image.new("RGB", (4, 2)).save(tmp_path / "shot_0007.png")
+    assert find_clips(tmp_path / "shot_####.png") == [tmp_path / "shot_####.png"]

@@ -1,46 +1,50 @@
-"""Footage in Blender → a folder of frames for the engine's inverse renderer.
+"""Footage in Blender → what the engine's inverse job needs to read it itself (no re-encode).
 
 ``export_footage(source, out_dir, scene=…)`` takes a **Movie Clip**, an **Image** (an image sequence, a
 movie or a single file) or a **VSE strip** (movie, image or clip strip; ``source=None`` = the scene's
-active strip) and writes ``<name>.####.png`` (16-bit RGB, sRGB-encoded, for 8/10-bit footage) or
-``<name>.####.exr`` (float RGB, linear, for float sources) plus ``clip.json``:
+active strip) and returns a description whose ``params`` are the inverse job's input parameters:
 
-* frame numbers are kept: an image sequence keeps its files' numbers, a movie or movie clip numbers its
-  frames from the clip's start frame (1 by default), a VSE strip uses the scene frames where it is
-  visible (its trimmed range), so results re-imported at those numbers line up with the timeline;
-* fps: the movie's own rate for movies and movie clips, the scene's for image sequences and VSE
-  strips (the sequencer plays everything at the scene rate);
-* ``clip.json`` (written last): ``fps``, ``frame_numbers``, ``resolution``, ``pattern``, ``encoding``
-  (``srgb`` / ``linear-rec709``), the source and the Blender version.
+* ``input`` — the source itself, absolute: the movie file, or the image sequence as a pattern
+  ``folder/name_####.ext`` (the engine reads exactly those files, whatever else the folder holds);
+* ``first_frame`` / ``frame_range`` — the frame numbers the results must land on: an image sequence keeps
+  its files' numbers, a movie or movie clip numbers its frames from the clip's start frame (1 by default),
+  a VSE strip uses the scene frames where it is visible (its trimmed range); ``first_frame`` is the number
+  the source's first frame (a sequence's first file) gets, ``frame_range`` the kept numbers (inclusive);
+* ``source_fps`` — the scene's rate for image sequences and VSE strips (the sequencer plays one source
+  frame per scene frame); a movie or movie clip carries its own rate, which the engine reads;
+* ``colorspace`` — from the source's ``colorspace_settings.name``: ``sRGB`` (and ``Non-Color``: values
+  as stored) → ``srgb``; ``Linear Rec.709`` / ``Linear`` → ``linear``. Any other colour space (Filmic Log,
+  AgX Log, ACEScg, Rec.2020 …) needs Blender's colour management: then — and only then, or when an
+  image strip's files are not one numbered sequence — Blender renders the frames once, as half-float
+  linear EXR ``out_dir/frames/frame.####.exr`` numbered by the result frames, and that folder is the input
+  (``rendered: True`` and a note say so). A sequence alone in its folder is passed as the folder.
 
-How: a temporary scene (removed afterwards; the user's scenes, strips and clips are not touched) holds
-one sequencer strip with the source's content and renders it frame by frame with
-``write_still`` under ``bpy.context.temp_override(scene=…)`` — rendering a scene other than the
-context scene through ``render.render(scene=…)`` gives black frames for movies and image sequences
-(verified on 4.2 and 5.0), the override does not. Colour: view transform *Standard*, no look, so a PNG
-is the sRGB encoding of the linear render (8-bit sources round-trip exactly into 16 bits); EXR output
-is linear, and the sequencer works in linear for float sources. Strip effects, transforms, modifiers
-and retiming are not applied: the raw footage is exported.
+The description also carries ``frame_numbers``, ``fps``, ``size``, ``kind``, ``label``, ``colorspace_name``
+and ``notes`` (what is not applied: strip flips, modifiers). Nothing here reads pixels: sizes come from
+Blender's datablocks (a temporary image datablock for strips).
+
+The render itself is :mod:`.footage_render` (a temporary scene, removed afterwards; the user's scenes,
+strips and clips are not touched). Strip effects, transforms, modifiers and retiming are not applied.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import bpy
 
 from .. import compat
+from ..contract import footage
+from .footage_render import render_frames
 
-__all__ = ["FootageExportError", "export_footage", "sequence_files"]
+__all__ = ["FootageExportError", "export_footage", "sequence_files", "engine_colorspace", "sequence_pattern"]
 
 _DIGITS = re.compile(r"(\d+)(?!.*\d)")
-_FLOAT_EXTS = {".exr", ".hdr"}
+# Blender colour-space names the engine reads directly; any other needs Blender's colour management
+SRGB_SPACES = frozenset({"sRGB", "Non-Color"})
+LINEAR_SPACES = frozenset({"Linear Rec.709", "Linear"})
 
 
 class FootageExportError(RuntimeError):
@@ -60,6 +64,8 @@ class _Plan:
     size: tuple[int, int] = (0, 0)
     is_float: bool = False
     notes: list[str] = field(default_factory=list)
+    colorspace: str = "sRGB"       # the source's Blender colour space name
+    own_fps: bool = False          # a movie's own rate (the engine reads it): no source_fps
 
 
 # ------------------------------------------------------------------------------------------ sources
@@ -121,23 +127,38 @@ def _images_plan(label, first_path, frames_and_files, fps, notes=()) -> _Plan:
                  fps=fps, size=size, is_float=is_float, notes=list(notes))
 
 
-def _movie_plan(label, path, first_frame: int, fps_override=None, content=None, frames=None, notes=()) -> _Plan:
+def _movie_plan(label, path, first_frame: int, fps_override=None, content=None, frames=None, notes=(),
+                info=None) -> _Plan:
     if not os.path.isfile(path):
         raise FootageExportError(f"{label}: movie file not found: {path}")
-    count, fps, size = _movie_info(path)
+    count, fps, size = info or _movie_info(path)
     if count <= 0 or size[0] <= 0:
         raise FootageExportError(f"{label}: cannot read the movie {path}")
     content = content or list(range(1, count + 1))
     frames = frames or [first_frame + k - 1 for k in content]
     return _Plan("movie", label, movie=path, content=content, frames=frames, fps=fps_override or fps or 24.0,
-                 size=size, is_float=False, notes=list(notes))
+                 size=size, is_float=False, notes=list(notes), own_fps=not fps_override)
 
 
 def _scene_fps(scene) -> float:
     return scene.render.fps / scene.render.fps_base if scene is not None else 24.0
 
 
+def _colorspace_of(item) -> str:
+    """The Blender colour-space name of a datablock or strip; '' while Blender has not resolved it (a movie
+    image before its first frame is loaded reads as no name)."""
+    cs = getattr(item, "colorspace_settings", None)
+    return (cs.name or "") if cs is not None else ""
+
+
 def _plan_for(source, scene) -> _Plan:
+    plan = _plan_source(source, scene)
+    if not plan.colorspace:                    # unresolved: Blender's own default for such a file
+        plan.colorspace = "Linear Rec.709" if plan.is_float else "sRGB"
+    return plan
+
+
+def _plan_source(source, scene) -> _Plan:
     if source is None:
         if scene is None or scene.sequence_editor is None or scene.sequence_editor.active_strip is None:
             raise FootageExportError("no footage given and the scene has no active sequencer strip")
@@ -146,21 +167,31 @@ def _plan_for(source, scene) -> _Plan:
         label = f"movie clip {source.name!r}"
         path = _abspath(source.filepath, source.library)
         if source.source == "SEQUENCE":
-            return _images_plan(label, path, sequence_files(path), float(source.fps or _scene_fps(scene)))
-        return _movie_plan(label, path, int(source.frame_start), fps_override=float(source.fps or 0) or None)
+            plan = _images_plan(label, path, sequence_files(path), float(source.fps or _scene_fps(scene)))
+            plan.colorspace = _colorspace_of(source)
+            return plan
+        plan = _movie_plan(label, path, int(source.frame_start),
+                           info=(int(source.frame_duration), float(source.fps or 0.0), tuple(int(v) for v in source.size))
+                           if source.frame_duration > 0 and source.size[0] > 0 else None)
+        plan.colorspace = _colorspace_of(source)
+        return plan
     if isinstance(source, bpy.types.Image):
         label = f"image {source.name!r}"
         if source.packed_file is not None:
             raise FootageExportError(f"{label}: packed images are not supported; unpack it first")
         path = _abspath(source.filepath, source.library)
         if source.source == "SEQUENCE":
-            return _images_plan(label, path, sequence_files(path), _scene_fps(scene))
-        if source.source == "MOVIE":
-            return _movie_plan(label, path, 1)
-        if source.source == "FILE":
+            plan = _images_plan(label, path, sequence_files(path), _scene_fps(scene))
+        elif source.source == "MOVIE":
+            plan = _movie_plan(label, path, 1)
+        elif source.source == "FILE":
             m = _DIGITS.search(Path(path).stem)
-            return _images_plan(label, path, [(int(m.group(1)) if m else 1, os.path.basename(path))], _scene_fps(scene))
-        raise FootageExportError(f"{label}: a {source.source.lower()} image is not footage")
+            plan = _images_plan(label, path, [(int(m.group(1)) if m else 1, os.path.basename(path))],
+                                _scene_fps(scene))
+        else:
+            raise FootageExportError(f"{label}: a {source.source.lower()} image is not footage")
+        plan.colorspace = _colorspace_of(source)
+        return plan
     strip_type = getattr(source, "type", None)
     if strip_type is not None and any(k in source.bl_rna.properties for k in ("left_handle", "frame_final_start")):
         label = f"strip {source.name!r}"
@@ -177,8 +208,10 @@ def _plan_for(source, scene) -> _Plan:
         if strip_type == "MOVIE":
             path = _abspath(source.filepath)
             content = [f - fs + 1 for f in frames]
-            return _movie_plan(label, path, fs, fps_override=_scene_fps(scene), content=content, frames=frames,
+            plan = _movie_plan(label, path, fs, fps_override=_scene_fps(scene), content=content, frames=frames,
                                notes=notes)
+            plan.colorspace = _colorspace_of(source)
+            return plan
         if strip_type == "IMAGE":
             directory = _abspath(source.directory)
             elems = [e.filename for e in source.elements]
@@ -186,7 +219,9 @@ def _plan_for(source, scene) -> _Plan:
             for f in frames:
                 idx = min(max(f - fs, 0), len(elems) - 1)
                 pairs.append((f, elems[idx]))
-            return _images_plan(label, os.path.join(directory, elems[0]), pairs, _scene_fps(scene), notes)
+            plan = _images_plan(label, os.path.join(directory, elems[0]), pairs, _scene_fps(scene), notes)
+            plan.colorspace = _colorspace_of(source)
+            return plan
         if strip_type == "MOVIECLIP" and source.clip is not None:
             clip = source.clip
             path = _abspath(clip.filepath, clip.library)
@@ -194,123 +229,135 @@ def _plan_for(source, scene) -> _Plan:
             if clip.source == "SEQUENCE":
                 files = sequence_files(path)
                 pairs = [(f, files[min(max(k - 1, 0), len(files) - 1)][1]) for f, k in zip(frames, content)]
-                return _images_plan(label, path, pairs, _scene_fps(scene), notes)
-            return _movie_plan(label, path, fs, fps_override=_scene_fps(scene), content=content, frames=frames,
-                               notes=notes)
+                plan = _images_plan(label, path, pairs, _scene_fps(scene), notes)
+            else:
+                plan = _movie_plan(label, path, fs, fps_override=_scene_fps(scene), content=content, frames=frames,
+                                   notes=notes)
+            plan.colorspace = _colorspace_of(clip)
+            return plan
         raise FootageExportError(f"{label}: a {strip_type} strip has no footage to export (movie, image or clip)")
     raise FootageExportError(f"cannot export {source!r}: expected a Movie Clip, an Image or a sequencer strip")
 
 
-# ------------------------------------------------------------------------------------------ rendering
-def _set_fps(tmp, fps: float) -> None:
-    r = tmp.render
-    if abs(fps - round(fps)) < 1e-6:
-        r.fps, r.fps_base = int(round(fps)), 1.0
-    elif abs(fps * 1.001 - round(fps * 1.001)) < 1e-3:  # NTSC rates: 29.97 = 30 / 1.001
-        r.fps, r.fps_base = int(round(fps * 1.001)), 1.001
-    else:
-        r.fps = max(1, int(round(fps)))
-        r.fps_base = r.fps / fps
+
+# ------------------------------------------------------------------------------------------ description
+def engine_colorspace(name: str) -> str | None:
+    """The engine's ``colorspace`` for a Blender colour-space name: ``srgb``, ``linear``, or None when only
+    Blender's colour management can convert it (the frames are then rendered to linear EXR)."""
+    if name in SRGB_SPACES:
+        return "srgb"
+    if name in LINEAR_SPACES:
+        return "linear"
+    return None
 
 
-def _setup_scene(plan: _Plan, use_exr: bool):
-    tmp = bpy.data.scenes.new("DR_footage_export")
-    r = tmp.render
-    r.resolution_x, r.resolution_y, r.resolution_percentage = plan.size[0], plan.size[1], 100
-    r.use_sequencer, r.use_compositing = True, False
-    r.film_transparent = False
-    _set_fps(tmp, plan.fps)
-    vs = tmp.view_settings
-    vs.view_transform = "Standard"
-    vs.look = "None"
-    vs.exposure, vs.gamma = 0.0, 1.0
-    if use_exr:
-        compat.set_exr_format(r.image_settings, multilayer=False, color_depth="32", codec="ZIP", color_mode="RGB")
-        for name in ("Linear Rec.709", "Linear"):
-            try:
-                tmp.sequencer_colorspace_settings.name = name
-                break
-            except TypeError:
-                continue
-    else:
-        compat.set_image_format(r.image_settings, "PNG", color_depth="16", color_mode="RGB")
-        r.image_settings.compression = 15
-    se = tmp.sequence_editor_create()
-    if plan.kind == "movie":
-        strip = compat.vse_new_movie(se, "footage", plan.movie, 1, 1)
-    else:
-        strip = compat.vse_new_image(se, "footage", os.path.join(plan.directory, plan.files[0]), 1, 1)
-        for fn in plan.files[1:]:
-            strip.elements.append(fn)
-    if hasattr(strip, "fit_method"):
-        strip.fit_method = "ORIGINAL"
-    return tmp
+def sequence_pattern(path: str) -> str | None:
+    """``folder/shot_0005.png`` → ``folder/shot_####.png`` (the engine's sequence pattern: the last run of
+    digits, as many ``#`` as digits); None for a name without digits."""
+    folder, name = os.path.split(path)
+    stem, ext = os.path.splitext(name)
+    m = _DIGITS.search(stem)
+    if m is None:
+        return None
+    return os.path.join(folder, stem[:m.start()] + "#" * len(m.group()) + stem[m.end():] + ext)
 
 
-def export_footage(source, out_dir, *, scene=None, file_format: str = "AUTO", name: str = "frame",
-                   frame_range=None, progress=None) -> dict:
-    """Export footage to ``out_dir/<name>.####.<png|exr>`` + ``clip.json``; returns the clip.json dict.
+def _number(name: str) -> int | None:
+    m = _DIGITS.search(os.path.splitext(name)[0])
+    return int(m.group(1)) if m else None
+
+
+def _sequence_params(plan: _Plan, frames: list[int], files: list[str]) -> dict | None:
+    """Pattern input + renumbering for image files, or None when they are not one numbered sequence
+    read in order (then Blender renders them)."""
+    first_path = os.path.join(plan.directory, files[0])
+    numbers = [_number(f) for f in files]
+    if len(files) == 1 and numbers[0] is None:
+        return {"input": first_path, "first_frame": frames[0]}    # one file without a number
+    pattern = sequence_pattern(first_path)
+    if pattern is None or None in numbers:
+        return None
+    offset = frames[0] - numbers[0]
+    if any(f - n != offset for f, n in zip(frames, numbers)):
+        return None                                    # retimed, reordered or repeated files
+    pad = pattern.count("#")
+    every = [(n, fn) for n, fn in sequence_files(first_path)    # what the engine lists for the pattern
+             if len(_DIGITS.search(os.path.splitext(fn)[0]).group()) >= pad]
+    if [n for n, _ in every if numbers[0] <= n <= numbers[-1]] != numbers:
+        return None                                    # the folder's files in that range differ from these
+    params = {"input": pattern}
+    if {fn for _, fn in every} == _frame_files(plan.directory):
+        params["input"] = plan.directory               # the folder holds just this sequence: name the folder
+    if offset:
+        params["first_frame"] = every[0][0] + offset
+    if (every[0][0], every[-1][0]) != (numbers[0], numbers[-1]):
+        params["frame_range"] = [frames[0], frames[-1]]
+    return params
+
+
+def _frame_files(folder: str) -> set[str]:
+    """The names the engine takes for frames in a folder (engine.io.clip.FRAME_SUFFIXES, not hidden)."""
+    return {fn for fn in os.listdir(folder) if not fn.startswith(".") and os.path.isfile(os.path.join(folder, fn))
+            and os.path.splitext(fn)[1].lower() in footage.FRAME_SUFFIXES}
+
+
+def export_footage(source, out_dir=None, *, scene=None, frame_range=None, progress=None,
+                   render: bool = False) -> dict:
+    """Describe ``source`` for the engine's inverse job (see the module docstring); returns
+    ``{"params": {input, first_frame?, frame_range?, source_fps?, colorspace}, "frame_numbers", "fps",
+    "size", "kind", "label", "source", "colorspace_name", "rendered", "notes"}``.
 
     ``source``: a MovieClip, an Image, a sequencer strip, or None for ``scene``'s active strip.
-    ``file_format``: 'AUTO' (EXR for float sources, else PNG 16-bit), 'PNG' or 'EXR'.
-    ``frame_range``: optional ``(first, last)`` output frame numbers to keep (inclusive).
-    ``progress``: optional ``callable(done, total, message)``."""
+    ``out_dir``: where frames are rendered when they must be (``<out_dir>/frames``); needed only then.
+    ``frame_range``: optional ``(first, last)`` result frame numbers to keep (inclusive).
+    ``render``: render the frames even when the engine could read the source itself.
+    ``progress``: optional ``callable(done, total, message)`` while rendering."""
     if scene is None:
         scene = getattr(bpy.context, "scene", None)
     plan = _plan_for(source, scene)
-    fmt = file_format.upper()
-    if fmt not in ("AUTO", "PNG", "EXR"):
-        raise FootageExportError(f"file_format must be AUTO, PNG or EXR, got {file_format!r}")
-    use_exr = fmt == "EXR" or (fmt == "AUTO" and plan.is_float)
-    ext = "exr" if use_exr else "png"
     pairs = list(zip(plan.content, plan.frames))
+    files = list(plan.files)
     if frame_range is not None:
         lo, hi = frame_range
-        pairs = [(c, f) for c, f in pairs if lo <= f <= hi]
+        keep = [i for i, (_, f) in enumerate(pairs) if lo <= f <= hi]
+        pairs = [pairs[i] for i in keep]
+        files = [files[i] for i in keep] if files else files
     if not pairs:
-        raise FootageExportError(f"{plan.label}: no frames to export")
+        raise FootageExportError(f"{plan.label}: no frames in the chosen range")
     if pairs[0][1] < 0:
-        raise FootageExportError(f"{plan.label}: frame {pairs[0][1]} is negative; frame numbers must be ≥ 0")
-    out_dir = Path(out_dir).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    old = out_dir / "clip.json"
-    if old.is_file():
-        old.unlink()  # a half-rewritten folder never looks complete
-    had_render_result = any(img.type == "RENDER_RESULT" for img in bpy.data.images)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".dr_footage_", dir=str(out_dir)))
-    tmp = _setup_scene(plan, use_exr)
-    try:
-        with bpy.context.temp_override(scene=tmp):
-            for i, (content, frame) in enumerate(pairs):
-                if progress is not None:
-                    progress(i, len(pairs), f"frame {frame}")
-                tmp.frame_set(content)
-                target = tmp_dir / f"{frame:06d}.{ext}"
-                tmp.render.filepath = str(target)
-                result = bpy.ops.render.render(write_still=True)
-                if "FINISHED" not in result or not target.is_file():
-                    raise FootageExportError(f"{plan.label}: extracting frame {frame} failed (see the console)")
-                os.replace(target, out_dir / f"{name}.{frame:04d}.{ext}")
-    finally:
-        bpy.data.scenes.remove(tmp)
-        if not had_render_result:
-            for img in [i for i in bpy.data.images if i.type == "RENDER_RESULT"]:
-                bpy.data.images.remove(img)
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    info = {
-        "format": "diffusion-renderer/frames", "version": 1,
-        "fps": plan.fps, "frame_numbers": [f for _, f in pairs], "resolution": list(plan.size),
-        "pattern": f"{name}.####.{ext}", "encoding": "linear-rec709" if use_exr else "srgb",
-        "dtype": "float" if use_exr else "uint16",
-        "source": {"kind": plan.kind, "label": plan.label, "path": plan.movie or plan.directory},
-        "producer": "blender", "blender_version": compat.version_string(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
-    }
-    if plan.notes:
-        info["notes"] = plan.notes
-    tmp_json = out_dir / f".clip.json.{os.getpid()}.tmp"
-    tmp_json.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp_json, out_dir / "clip.json")
+        raise FootageExportError(f"{plan.label}: frame {pairs[0][1]} is negative; frame numbers must be ≥ 0 "
+                                 "(move the clip or strip to frame 0 or later)")
+    frames = [f for _, f in pairs]
+    colorspace = engine_colorspace(plan.colorspace)
+    notes = list(plan.notes)
+    params = None
+    if not render and colorspace is not None:
+        if plan.kind == "movie":
+            first = frames[0] - (pairs[0][0] - 1)      # the number movie frame 1 gets
+            params = {"input": plan.movie}
+            if first != 1:
+                params["first_frame"] = first
+            if [c for c, _ in pairs] != list(range(1, len(pairs) + 1)) or frame_range is not None:
+                params["frame_range"] = [frames[0], frames[-1]]
+        else:
+            params = _sequence_params(plan, frames, files)
+            if params is None:
+                notes.append("the image files are not one numbered sequence in timeline order: rendered to EXR")
+    rendered = params is None
+    if rendered:
+        if colorspace is None:
+            notes.append(f"colour space {plan.colorspace!r} needs Blender's colour management: "
+                         "the frames were rendered once to linear half-float EXR")
+        if out_dir is None:
+            raise FootageExportError(f"{plan.label}: the frames must be rendered by Blender; give a folder for them")
+        folder = Path(out_dir).resolve() / "frames"
+        render_frames(plan, pairs, folder, progress, FootageExportError)
+        params, colorspace = {"input": str(folder)}, "linear"     # the folder holds just these frames
+    params["colorspace"] = colorspace
+    if rendered or not plan.own_fps:
+        params["source_fps"] = float(plan.fps)
     if progress is not None:
         progress(len(pairs), len(pairs), "done")
-    return info
+    return {"params": params, "frame_numbers": frames, "fps": float(plan.fps), "size": list(plan.size),
+            "kind": plan.kind, "label": plan.label, "source": plan.movie or plan.directory,
+            "colorspace_name": plan.colorspace, "rendered": rendered, "notes": notes}

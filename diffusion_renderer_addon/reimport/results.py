@@ -5,7 +5,17 @@ from __future__ import annotations
 from . import compositor, material, vse
 from .sequences import ReimportError, load_set_sequences, read_manifest
 
-__all__ = ["import_result"]
+__all__ = ["import_result", "fps_warnings"]
+
+
+def fps_warnings(scene, info) -> list[str]:
+    """A line when the scene plays at another rate than the set was made at (nothing is retimed)."""
+    scene_fps = scene.render.fps / scene.render.fps_base
+    if abs(scene_fps - info.fps) <= 1e-3:
+        return []
+    return [f"{info.path.name}: the set is {info.fps:g} fps but the scene plays at {scene_fps:g} fps; its frames "
+            f"are placed one per scene frame at their own numbers (not retimed): set Output Properties › Frame "
+            f"Rate to {info.fps:g} to play it at its speed"]
 
 
 def import_result(manifest_path, *, scene=None, make_material: bool = True, make_compositor: bool = True,
@@ -18,10 +28,16 @@ def import_result(manifest_path, *, scene=None, make_material: bool = True, make
       scene's compositor tree (``node_group``, ``compositor_node``, ``compositor_tree``);
     * ``make_material``: a Principled material from a G-buffer set, an emission material from a relit
       set (``material``);
-    * ``make_vse``: for a relit set, an image strip over the relit EXR sequence (``strip``) and, with
-      ``vse_movie`` and a ``relit.mp4`` in the set, a movie strip (``movie_strip``).
+    * ``make_vse``: an image strip over the relit EXR sequence of a relit set, over the base colour (the
+      de-lit plate) of a G-buffer set (``strip``), starting at the set's first frame number and one file
+      per scene frame — it spans exactly the plate's frames; with ``vse_movie`` and a ``relit.mp4`` in
+      the set, a movie strip too (``movie_strip``, the mp4 keeps its own rate).
 
-    Returns ``{"kind", "path", "frames", "images", …}`` with the names of what was created.
+    Images load at the set's size (its files). Frames are never retimed: when the scene's frame rate
+    differs from the set's (``fps``), ``warnings`` says so (set the scene's rate to play it at speed).
+
+    Returns ``{"kind", "path", "frames", "fps", "images", "warnings", …}`` with the names of what was
+    created.
     Raises :class:`~.sequences.ReimportError` naming the file when the set is missing or invalid."""
     import bpy
 
@@ -34,7 +50,8 @@ def import_result(manifest_path, *, scene=None, make_material: bool = True, make
     label = f"DR {info.label}"
     seqs = load_set_sequences(info, passes=passes, prefix=label)
     created: dict = {"kind": info.kind, "path": str(info.path), "frames": list(info.frames), "fps": info.fps,
-                     "images": {name: s.image.name for name, s in seqs.items()}}
+                     "resolution": list(info.resolution), "images": {name: s.image.name for name, s in seqs.items()},
+                     "warnings": fps_warnings(scene, info)}
     if make_compositor and seqs:
         group = compositor.build_compositor_group(label, seqs)
         tree, node = compositor.add_group_to_scene(scene, group)
@@ -44,8 +61,10 @@ def import_result(manifest_path, *, scene=None, make_material: bool = True, make
             created["material"] = material.build_relit_material(label, seqs["relit"]).name
         elif info.kind == "gbuffer" and seqs:
             created["material"] = material.build_gbuffer_material(label, seqs).name
-    if make_vse and info.kind == "relit" and "relit" in seqs:
-        created["strip"] = vse.add_image_sequence_strip(scene, label, seqs["relit"]).name
+    plate = "relit" if info.kind == "relit" else "basecolor"
+    if make_vse and plate in seqs:
+        name = label if plate == "relit" else f"{label}.{plate}"
+        created["strip"] = vse.add_image_sequence_strip(scene, name, seqs[plate]).name
         mp4 = (info.manifest.get("videos") or {}).get("relit")
         if vse_movie and mp4 and (info.path / mp4).is_file():
             created["movie_strip"] = vse.add_movie_strip(scene, f"{label} mp4", str(info.path / mp4),

@@ -12,17 +12,18 @@ compositor Image node (which carries those properties itself). With that, scene 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
 
+from ..contract import gbuffer_set
+
 __all__ = ["PassSequence", "SetInfo", "read_manifest", "load_set_sequences", "colorspace_for",
            "configure_image_user", "frame_path", "LINEAR_ENCODINGS", "ReimportError"]
 
-FORMAT = "diffusion-renderer/gbuffer-set"
-SUPPORTED_VERSION = 1
+FORMAT = gbuffer_set.FORMAT
+SUPPORTED_VERSION = gbuffer_set.VERSION
 LINEAR_ENCODINGS = frozenset({"linear-rec709"})
 
 
@@ -51,11 +52,10 @@ def colorspace_for(encoding: str) -> str:
 
 def frame_path(root: Path, pattern: str, frame: int) -> Path:
     """``root / pattern`` with its last ``#`` run replaced by the zero-padded frame number."""
-    runs = list(re.finditer(r"#+", pattern))
-    if not runs:
-        raise ReimportError(f"pass path {pattern!r} has no '#' run for the frame number")
-    m = runs[-1]
-    return root / (pattern[:m.start()] + str(frame).zfill(len(m.group())) + pattern[m.end():])
+    try:
+        return root / gbuffer_set.frame_path(pattern, frame)
+    except ValueError as exc:
+        raise ReimportError(str(exc)) from None
 
 
 @dataclass

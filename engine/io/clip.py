@@ -12,9 +12,7 @@ import numpy as np
 
 __all__ = ["FRAME_SUFFIXES", "VIDEO_SUFFIXES", "DEFAULT_FPS", "Clip", "select_frames"]
 
-FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".exr", ".tif", ".tiff")
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
-DEFAULT_FPS = 24.0  # the rate of an image sequence when neither fps nor source_fps is given
+from engine.contract.footage import DEFAULT_FPS, FRAME_SUFFIXES, VIDEO_SUFFIXES
 
 
 # --------------------------------------------------------------------------- selection
@@ -66,6 +64,7 @@ class Clip:
     fps: float
     size: tuple[int, int]
     is_linear: bool = False
+    fps_origin: str = "default"   # video (its own rate) | given (fps/source_fps) | default (24, nothing said)
     source: str = ""
     path: Path
 

@@ -4,8 +4,13 @@
   number parsed from each name (the last run of digits: ``shot_0012.png`` → 12, ``0012.basecolor.png``
   → 12), so ``frame_9`` comes before ``frame_10``. Hidden files are skipped. A folder holding two
   naming patterns (``a_####.png`` and ``b_####.png``, or png and exr) is an error.
+* :func:`pattern_files` — a sequence named by a pattern, ``folder/shot_####.png`` (Blender's notation:
+  the ``#`` run stands for the frame number, at least that many digits) → its files in frame order. Every
+  function taking a clip path accepts such a pattern, so one sequence can be picked from a folder that
+  holds several.
 * :func:`read_frame` — one file → float32 ``(H, W, 3)``: 8-bit and 16-bit PNG/TIFF (16-bit
-  colour PNG/TIFF is decoded through the bundled ffmpeg because Pillow truncates it to 8 bits), JPEG,
+  colour PNG/TIFF is decoded through the bundled ffmpeg because Pillow truncates it to 8 bits — an
+  :class:`ImageSequenceClip` of such files streams them all through ONE ffmpeg process), JPEG,
   EXR (``R,G,B`` or ``Y``; a Blender multilayer EXR gives its Combined pass). RGBA is composited over
   black (EXR colour is already premultiplied, so its alpha is ignored), greyscale is replicated to RGB.
   Integer images are scaled to [0, 1]; float EXR/TIFF values are NOT clipped (``is_linear=True``).
@@ -19,20 +24,54 @@ live in :mod:`engine.io.clip`, shared with :mod:`engine.io.video`.
 from __future__ import annotations
 
 import re
-import subprocess
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .clip import DEFAULT_FPS, FRAME_SUFFIXES, VIDEO_SUFFIXES, Clip, select_frames
+from .deep_frames import DeepStream, is_deep, is_deep_image, read_deep_rgba
 from .exr import read_exr
 
 __all__ = ["ImageSequenceClip", "list_frames", "frame_number", "read_frame", "open_clip", "find_clips",
+           "pattern_files", "is_pattern",
            # re-exported from .clip
            "FRAME_SUFFIXES", "VIDEO_SUFFIXES", "DEFAULT_FPS", "Clip", "select_frames"]
 
 _DIGITS = re.compile(r"(\d+)(?!.*\d)")
+_HASHES = re.compile(r"#+")
+
+
+def is_pattern(path) -> bool:
+    """True for a sequence pattern path: its file name holds a ``#`` run (``shot_####.png``)."""
+    return bool(_HASHES.search(Path(path).name))
+
+
+def pattern_files(path) -> list[Path]:
+    """The files of the sequence ``folder/name_####.ext`` (last ``#`` run = frame number, at least as many
+    digits as ``#``), ordered by number. Raises naming the pattern when its folder or files are missing."""
+    path = Path(path)
+    runs = list(_HASHES.finditer(path.name))
+    if not runs:
+        raise ValueError(f"{path}: not a sequence pattern (put a '#' run where the frame number goes)")
+    m = runs[-1]
+    rx = re.compile(re.escape(path.name[:m.start()]) + r"(\d{%d,})" % len(m.group()) +
+                    re.escape(path.name[m.end():]) + "$", re.IGNORECASE)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path}: no such folder {path.parent}")
+    found = []
+    for p in path.parent.iterdir():
+        mm = rx.match(p.name)
+        if mm and p.is_file():
+            found.append((int(mm.group(1)), p))
+    if not found:
+        raise FileNotFoundError(f"{path}: no files match this sequence pattern in {path.parent}")
+    found.sort()
+    numbers = [n for n, _ in found]
+    if len(set(numbers)) != len(numbers):
+        dup = sorted({n for n in numbers if numbers.count(n) > 1})
+        raise ValueError(f"{path}: frame numbers appear twice ({dup[:5]}), e.g. 'f_9.png' and 'f_009.png'")
+    return [p for _, p in found]
 
 
 # --------------------------------------------------------------------------- listing
@@ -113,46 +152,14 @@ def _exr_rgb(path: Path) -> np.ndarray:
     raise ValueError(f"{path}: EXR has no R,G,B or Y channels nor a Combined pass (layers: {', '.join(layers)})")
 
 
-def _png_header(path: Path) -> tuple[int, int] | None:
-    with open(path, "rb") as fh:
-        head = fh.read(29)
-    if len(head) < 29 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        return None
-    return head[24], head[25]  # bit depth, colour type
-
-
-def _ffmpeg_rgba16(path: Path, size) -> np.ndarray:
-    """Decode a 16-bit colour PNG/TIFF with the bundled ffmpeg → float32 (H, W, 4) in [0, 1]."""
-    import imageio_ffmpeg
-
-    w, h = size
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path),
-           "-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgba64le", "-"]
-    proc = subprocess.run(cmd, capture_output=True)
-    if proc.returncode != 0 or len(proc.stdout) != w * h * 8:
-        msg = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise ValueError(f"{path}: cannot decode this 16-bit image ({msg[-1] if msg else 'wrong size'})")
-    return np.frombuffer(proc.stdout, dtype="<u2").reshape(h, w, 4).astype(np.float32) / 65535.0
-
-
 def _pillow_frame(path: Path) -> tuple[np.ndarray, bool]:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            suffix = path.suffix.lower()
-            deep = False
-            if suffix == ".png":
-                hdr = _png_header(path)
-                deep = hdr is not None and hdr[0] == 16 and hdr[1] in (2, 4, 6)
-            elif suffix in (".tif", ".tiff"):
-                bits = im.tag_v2.get(258, (8,)) if hasattr(im, "tag_v2") else (8,)
-                bits = bits if isinstance(bits, tuple) else (bits,)
-                deep = max(bits) == 16 and len(bits) > 1
-                if max(bits) > 16 and len(bits) > 1:
-                    raise ValueError(f"{path}: {max(bits)}-bit multi-channel TIFF is not supported; use EXR")
+            deep = is_deep(path, im)
             if deep:
-                rgba = _ffmpeg_rgba16(path, im.size)
+                rgba = read_deep_rgba(path, im.size)
                 return rgba[..., :3] * rgba[..., 3:4], False
             im.load()
             mode = im.mode
@@ -209,10 +216,14 @@ def _frame_size(path: Path) -> tuple[int, int]:
 class ImageSequenceClip(Clip):
     """A folder of frames (or one image file) as a :class:`Clip`."""
 
-    def __init__(self, path, *, frame_range=None, fps: float | None = None, source_fps: float | None = None):
+    def __init__(self, path, *, frame_range=None, fps: float | None = None, source_fps: float | None = None,
+                 first_number: int | None = None):
         super().__init__()
         self.path = Path(path)
-        files = [self.path] if self.path.is_file() else list_frames(self.path)
+        if is_pattern(self.path) and not self.path.exists():
+            files = pattern_files(self.path)
+        else:
+            files = [self.path] if self.path.is_file() else list_frames(self.path)
         if not files:
             hint = ""
             if any(p.is_dir() or p.suffix.lower() in VIDEO_SUFFIXES for p in self.path.iterdir()):
@@ -223,6 +234,8 @@ class ImageSequenceClip(Clip):
         numbers = [frame_number(p) for p in files]
         if None in numbers:
             numbers = list(range(len(files)))
+        if first_number is not None:  # renumbered: the first file gets first_number, gaps are kept
+            numbers = [n - numbers[0] + int(first_number) for n in numbers]
         keep = list(range(len(files)))
         if frame_range is not None:
             a, b = int(frame_range[0]), int(frame_range[1])
@@ -234,20 +247,25 @@ class ImageSequenceClip(Clip):
                 raise ValueError(f"{self.path}: no frames numbered {a}..{b} (the sequence has a gap there)")
         # a sequence has no rate of its own: fps alone labels it, fps with source_fps resamples;
         # gaps in the numbering are ignored (the kept files count as consecutive frames)
+        source_fps_given = source_fps
         source_fps = float(source_fps or fps or DEFAULT_FPS)
         picks = [keep[k] for k in select_frames(len(keep), source_fps=source_fps, fps=fps, what=str(self.path))]
         self.files = [files[j] for j in picks]
         self.frame_numbers = [numbers[j] for j in picks]
         self.fps = float(fps or source_fps)
+        self.fps_origin = "given" if (fps or source_fps_given) else "default"
         self.is_linear = self.files[0].suffix.lower() == ".exr"
         self.size = tuple(_frame_size(self.files[0]))
-        where = self.path if self.path.is_file() else f"{self.path}/{files[0].name} .. {files[-1].name}"
+        self._deep = DeepStream(self.files, self.size) if is_deep_image(self.files[0]) else None
+        where = self.path if self.path.is_file() else f"{files[0].parent}/{files[0].name} .. {files[-1].name}"
         self.source = (f"image sequence {where} ({len(self)} of {len(files)} frames, numbers "
                        f"{self.frame_numbers[0]}..{self.frame_numbers[-1]}, {self.size[0]}x{self.size[1]}, "
                        f"{self.fps:g} fps{', linear EXR' if self.is_linear else ''})")
 
     def _read(self, j: int) -> np.ndarray:
         path = self.files[j]
+        if self._deep is not None and is_deep_image(path):
+            return self._deep.frame(j)
         img, meta = read_frame(path, info=True)
         if (img.shape[1], img.shape[0]) != self.size:
             raise ValueError(f"{path}: frame is {img.shape[1]}x{img.shape[0]}, the clip's first frame "
@@ -255,30 +273,41 @@ class ImageSequenceClip(Clip):
         self._count(j, meta["nonfinite"])
         return img
 
+    def close(self) -> None:
+        if getattr(self, "_deep", None) is not None:
+            self._deep.close()
+
 
 def open_clip(path, *, frame_range: tuple[int, int] | None = None, fps: float | None = None,
-              source_fps: float | None = None) -> Clip:
-    """A video file, a folder of frames or one image → a lazily read :class:`Clip`.
+              source_fps: float | None = None, first_number: int | None = None) -> Clip:
+    """A video file, a folder of frames, a sequence pattern (``shot_####.png``) or one image → a lazily
+    read :class:`Clip`.
 
-    ``frame_range=(first, last)``: inclusive, in source frame numbers (parsed numbers for sequences,
-    0-based for videos). ``fps``: output rate, reached by frame selection (:func:`select_frames`)
-    from the source rate. ``source_fps``: overrides a video's own rate; for an image sequence, which
-    has none, it is the rate the frames were made at — ``fps`` alone just labels a sequence (no
-    frames dropped), ``fps`` with ``source_fps`` resamples it; neither gives 24 fps."""
+    ``first_number``: the number of the first frame — a video's decode indices count from it (default
+    0); a sequence is renumbered so that its first file gets it (default: its files' own numbers).
+    ``frame_range=(first, last)``: inclusive, in those frame numbers. ``fps``: output rate, reached
+    by frame selection (:func:`select_frames`) from the source rate. ``source_fps``: overrides a video's
+    own rate; for an image sequence, which has none, it is the rate the frames were made at — ``fps``
+    alone just labels a sequence (no frames dropped), ``fps`` with ``source_fps`` resamples it; neither
+    gives 24 fps (``clip.fps_origin == "default"``)."""
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not (is_pattern(path) and path.parent.is_dir()):
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
         from .video import VideoClip
 
-        return VideoClip(path, frame_range=frame_range, fps=fps, source_fps=source_fps)
-    return ImageSequenceClip(path, frame_range=frame_range, fps=fps, source_fps=source_fps)
+        return VideoClip(path, frame_range=frame_range, fps=fps, source_fps=source_fps,
+                         first_number=0 if first_number is None else first_number)
+    return ImageSequenceClip(path, frame_range=frame_range, fps=fps, source_fps=source_fps, first_number=first_number)
 
 
 def find_clips(path) -> list[Path]:
-    """The clips under ``path``: a file is one clip; a folder holding frames is one clip; otherwise a
+    """The clips under ``path``: a file or a sequence pattern is one clip; a folder holding frames is one clip; otherwise a
     folder whose sub-folders hold frames and/or which holds video files is a batch (natural order)."""
     path = Path(path)
+    if not path.exists() and is_pattern(path):
+        pattern_files(path)  # raises naming the pattern when nothing matches
+        return [path]
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
     if path.is_file():

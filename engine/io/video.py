@@ -8,8 +8,9 @@
   ffmpeg process (``rgb24``, or ``rgb48le`` for >8-bit sources) and converted to float32 RGB in
   [0, 1]. Reading forwards (the usual chunked use) keeps streaming; a frame *before* the stream's
   position re-opens the decoder from the start and skips ahead (exact, never seeks by timestamp).
-  ``frame_numbers`` are 0-based decode-order indices; ``frame_range=(first, last)`` is inclusive in
-  those; ``fps=`` resamples by frame selection (:func:`~engine.io.clip.select_frames`: nearest
+  ``frame_numbers`` are decode-order indices counted from ``first_number`` (0 by default; the inverse
+  job numbers a video from its ``first_frame``, 1 unless told); ``frame_range=(first, last)`` is inclusive
+  in those numbers; ``fps=`` resamples by frame selection (:func:`~engine.io.clip.select_frames`: nearest
   source frame in time, ``first + floor(k * source_fps / fps + 0.5)``).
 * :func:`write_mp4` — H.264 (libx264) ``yuv420p`` MP4 written atomically (temporary file + rename);
   odd sizes are padded to even by repeating the last row/column.
@@ -107,16 +108,20 @@ def probe_video(path) -> VideoInfo:
 class VideoClip(Clip):
     """A video file as a lazily streamed :class:`~engine.io.clip.Clip`."""
 
-    def __init__(self, path, *, frame_range=None, fps: float | None = None, source_fps: float | None = None):
+    def __init__(self, path, *, frame_range=None, fps: float | None = None, source_fps: float | None = None,
+                 first_number: int = 0):
         super().__init__()
         self.path = Path(path)
         if self.path.suffix.lower() not in VIDEO_SUFFIXES and self.path.exists():
             raise ValueError(f"{self.path}: not a video file (use {', '.join(VIDEO_SUFFIXES)})")
         self.info = probe_video(self.path)
         src_fps = float(source_fps or self.info.fps)
-        self.frame_numbers = select_frames(self.info.frame_count, source_fps=src_fps, fps=fps,
-                                           frame_range=frame_range, what=str(self.path))
+        first_number = int(first_number)
+        self._positions = select_frames(self.info.frame_count, source_fps=src_fps, fps=fps,
+                                        frame_range=frame_range, first_number=first_number, what=str(self.path))
+        self.frame_numbers = [first_number + p for p in self._positions]
         self.fps = float(fps or src_fps)
+        self.fps_origin = "given" if (fps or source_fps) else "video"
         self.size = self.info.size
         self.is_linear = False
         self._deep = self.info.high_bit_depth
@@ -152,7 +157,7 @@ class VideoClip(Clip):
         return data
 
     def _read(self, j: int) -> np.ndarray:
-        target = self.frame_numbers[j]
+        target = self._positions[j]
         if self._last is not None and self._last[0] == target:
             return self._last[1].copy()
         if self._proc is None or target < self._pos:
@@ -184,9 +189,10 @@ class VideoClip(Clip):
             pass
 
 
-def open_video(path, *, frame_range=None, fps: float | None = None, source_fps: float | None = None) -> VideoClip:
+def open_video(path, *, frame_range=None, fps: float | None = None, source_fps: float | None = None,
+               first_number: int = 0) -> VideoClip:
     """A video file → :class:`VideoClip` (``open_clip`` does the same for any clip path)."""
-    return VideoClip(path, frame_range=frame_range, fps=fps, source_fps=source_fps)
+    return VideoClip(path, frame_range=frame_range, fps=fps, source_fps=source_fps, first_number=first_number)
 
 
 def _to_rgb8(frame, i: int, path) -> np.ndarray:

@@ -17,29 +17,33 @@ import numpy as np
 import torch
 
 from engine.atomic import atomic_write
+from engine.contract.params import default as _default
 
 CACHE_DIR = ".dr-resume"
 
 
 @dataclass
 class JobSettings:
-    """Settings every job shares (model, windows, sampling, device, outputs)."""
-    model: str = ""
-    revision: Optional[str] = None
-    frames: int = 24            # frames per model window
-    overlap: int = 6            # frames shared by neighbouring windows
-    steps: int = 20
-    resolution: Optional[tuple] = None   # (W, H); None = cover 512 keeping the aspect (×64)
-    seed: Optional[int] = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    decode_chunk: int = 8
-    decode_overlap: int = 2
-    memory: str = "default"     # default | low-vram | minimal (engine/perf/memory.py)
-    blend: str = "latent"
-    windows_per_segment: int = 4
-    overwrite: bool = False
-    previews: bool = True
+    """Settings every job shares (model, windows, sampling, device, outputs). Field names are the job
+    parameters' and every default is the parameter table's (engine/contract/params.py)."""
+    model: str = ""                                    # per kind: InverseSettings / ForwardSettings
+    revision: Optional[str] = _default("revision")
+    frames: int = _default("frames")                   # frames per model window
+    overlap: int = _default("overlap")                 # frames shared by neighbouring windows
+    steps: int = _default("steps")
+    resolution: Optional[tuple] = _default("resolution")   # (W, H); None = cover 512 keeping the aspect (×64)
+    seed: Optional[int] = _default("seed")
+    device: str = _default("device")
+    dtype: str = _default("dtype")
+    decode_chunk: int = _default("decode_chunk")
+    decode_overlap: int = _default("decode_overlap")
+    memory: str = _default("memory")                   # default | low-vram | minimal (engine/perf/memory.py)
+    blend: str = _default("blend")
+    windows_per_segment: int = _default("windows_per_segment")
+    overwrite: bool = _default("overwrite")
+    previews: bool = _default("previews")
+    output_size: str = _default("output_size")   # source | processing | WxH (engine/jobs/framing.py)
+    fit: str = _default("fit")                   # pad | crop | stretch: the input's aspect in the processing size
 
 
 class JobError(Exception):

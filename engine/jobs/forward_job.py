@@ -9,8 +9,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from engine.contract.params import default as _default
+from engine.contract.params import parse_size
 from engine.jobs.common import (JobError, JobSettings, Progress, ResumeCache, check_writable, cover_resolution,
-                               decode_settings, file_identity, job_summary, load_renderer, resize_frames, settings_key)
+                               decode_settings, file_identity, job_summary, load_renderer, settings_key)
+from engine.jobs.framing import check_settings, from_processing, plan_framing, to_processing
 from engine.jobs.gbuffer_inputs import GBufferInputError, load_gbuffer_clips
 from engine.jobs.inverse_job import (
     ClipResult,
@@ -23,18 +26,23 @@ from engine.jobs.segments import noise_for, plan_segments, run_segments
 
 @dataclass
 class ForwardSettings(JobSettings):
-    model: str = "forward"
-    lora_scale: float = 0.25
-    guidance: float = 1.2
-    rotate_light: bool = False
-    fixed_frame: Optional[int] = None
-    elevation: float = 0.0
-    elevation_convention: str = "reference"
-    env_rotation: float = 180.0
-    env_strength: float = 1.0
-    env_flip: bool = False
-    camera_follow: bool = False
-    env_resolution: tuple = (512, 512)
+    model: str = _default("model", "forward")
+    lora_scale: float = _default("lora_scale")
+    guidance: float = _default("guidance")
+    rotate_light: bool = _default("rotate_light")
+    fixed_frame: Optional[int] = _default("fixed_frame")
+    elevation: float = _default("elevation")
+    elevation_convention: str = _default("elevation_convention")
+    env_rotation: float = _default("env_rotation")
+    env_strength: float = _default("env_strength")
+    env_flip: bool = _default("env_flip")
+    camera_follow: bool = _default("camera_follow")
+    env_resolution: tuple = parse_size(_default("env_resolution"))[::-1]   # (H, W)
+
+
+# model-encoded G-buffer inputs → how they are resampled to the processing size (engine/jobs/framing.py):
+# normals renormalised, depth nearest (background is encoded far = 1; averaging would invent depths)
+_INPUT_KINDS = {"normal": "normal-encoded", "depth": "nearest"}
 
 
 def _light_for(clip, hdri: Path, settings: ForwardSettings, n: int):
@@ -61,19 +69,21 @@ def _light_for(clip, hdri: Path, settings: ForwardSettings, n: int):
 def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, renderer, *, listener=None,
                      should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True) -> ClipResult:
     from engine.gbuffer import GBufferSetWriter, srgb_to_linear, write_pass_video, write_previews
-    from engine.gbuffer.manifest import make_provenance
+    from engine.gbuffer import make_provenance
 
     t0 = time.monotonic()
     n = len(clip.frame_numbers)
     if settings.fixed_frame is not None and not 0 <= settings.fixed_frame < n:
         raise JobError(f"--fixed-frame {settings.fixed_frame}: the clip has frames 0..{n - 1}")
     size = settings.resolution or (clip.size if all(v % 64 == 0 for v in clip.size) else cover_resolution(*clip.size))
+    framing = plan_framing(clip.size, size, settings.fit, settings.output_size)
     seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
     key = settings_key({"input": clip.source, "files": file_identity(Path(clip.source)), "clip": clip.name,
                         "hdri": [str(hdri.resolve()), file_identity(hdri)], "job": "forward",
                         "model": _model_identity(renderer), "seed": seed, "resolution": list(size),
                         **{k: v for k, v in asdict(settings).items() if k not in ("overwrite", "device", "previews")}})
-    result = ClipResult(clip.source, str(out), n, tuple(size), ["relit"])
+    result = ClipResult(clip.source, str(out), n, tuple(framing.output), ["relit"], fps=float(clip.fps),
+                        frame_numbers=list(clip.frame_numbers), framing=framing.record())
     if _up_to_date(out, key):
         result.status = "up-to-date"
         return result
@@ -92,10 +102,10 @@ def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, ren
 
     def compute(k, s, e):
         if settings.fixed_frame is not None:
-            gb = {p: resize_frames(np.repeat(v[settings.fixed_frame:settings.fixed_frame + 1], e - s, 0), size)
-                  for p, v in clip.inputs.items()}
+            gb = {p: np.repeat(v[settings.fixed_frame:settings.fixed_frame + 1], e - s, 0) for p, v in clip.inputs.items()}
         else:
-            gb = {p: resize_frames(v[s:e], size) for p, v in clip.inputs.items()}
+            gb = {p: v[s:e] for p, v in clip.inputs.items()}
+        gb = {p: to_processing(v, framing, _INPUT_KINDS.get(p, "color")) for p, v in gb.items()}
         video = renderer(gb, {"env_ldr": env_ldr[s:e], "env_log": env_log[s:e]},
                          num_inference_steps=settings.steps, guidance_scale=settings.guidance,
                          lora_scale=settings.lora_scale, seed=None, noise=noise[:, s:e],
@@ -103,13 +113,14 @@ def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, ren
                          window=settings.frames, overlap=settings.overlap, blend=settings.blend,
                          should_cancel=should_cancel, callback=lambda i, *_: progress.step("denoise", k))
         computed.append(k)
-        return {"relit": video}
+        return {"relit": from_processing(video, framing)}
 
     base = {"fps": clip.fps, "kind": "relit",
             "provenance": make_provenance("forward-model", model=settings.model, revision=settings.revision,
                                           settings={**{k: (list(v) if isinstance(v, tuple) else v)
                                                        for k, v in asdict(settings).items()},
-                                                    "key": key, "seed": seed, "hdri": str(hdri.resolve())},
+                                                    "key": key, "seed": seed, "hdri": str(hdri.resolve()),
+                                                    "framing": framing.record()},
                                           source=f"{clip.source}#{clip.name}")}
     if clip.camera_entries:  # the relit set keeps the source set's cameras (complete manifest entries)
         base["camera"] = clip.camera_entries
@@ -126,7 +137,7 @@ def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, ren
         write_pass_video(gset, "relit")
     cache.clear()
     result.resumed_segments = len(segments) - len(computed)
-    result.warnings = list(clip.warnings) + list(writer.warnings)
+    result.warnings = list(clip.warnings) + framing.warnings() + list(writer.warnings)
     result.seconds = {"total": round(time.monotonic() - t0, 2)}
     return result
 
@@ -136,6 +147,7 @@ def run_forward(gbuffers, hdris, out, settings: ForwardSettings, *, renderer=Non
     """Relight every G-buffer clip at ``gbuffers`` under every HDRI; ``out/<hdri>`` (or
     ``out/<clip>/<hdri>`` for several clips). Returns a JSON-able summary."""
     t0 = time.monotonic()
+    check_settings(settings)
     hdris = [Path(h) for h in hdris]
     if not hdris:
         raise JobError("give at least one --hdri FILE (.hdr or .exr)")

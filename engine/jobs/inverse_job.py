@@ -10,8 +10,11 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from engine.jobs.common import (JobError, JobSettings, Progress, ResumeCache, check_writable, cover_resolution,
-                               decode_settings, file_identity, job_summary, load_renderer, resize_frames, settings_key)
+from engine.contract import params
+from engine.contract.params import default as _default
+from engine.jobs.common import (JobError, JobSettings, Progress, ResumeCache, check_writable, decode_settings,
+                               file_identity, job_summary, load_renderer, settings_key)
+from engine.jobs.framing import check_settings, from_processing, plan_framing, processing_size, source_to_output, to_processing
 from engine.jobs.segments import noise_for, plan_segments, run_segments
 
 log = logging.getLogger(__name__)
@@ -19,10 +22,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class InverseSettings(JobSettings):
-    passes: tuple = ("basecolor", "metallic", "roughness", "normal", "depth")
-    model: str = "inverse"
-    frame_range: Optional[tuple] = None
-    fps: Optional[float] = None
+    passes: tuple = tuple(_default("passes"))
+    model: str = _default("model", "inverse")
+    frame_range: Optional[tuple] = _default("frame_range")   # (first, last) inclusive, in the set's frame numbers
+    fps: Optional[float] = _default("fps")                   # output rate by frame selection (None: the source's)
+    source_fps: Optional[float] = _default("source_fps")     # an image sequence's rate (a video's own when overridden)
+    first_frame: Optional[int] = _default("first_frame")     # number of a video's first frame (None: 1)
+    colorspace: str = _default("colorspace")                 # auto | srgb | linear: colour space of the input frames
 
 
 @dataclass
@@ -37,6 +43,9 @@ class ClipResult:
     segments: int = 0
     seconds: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    fps: Optional[float] = None
+    frame_numbers: list = field(default_factory=list)
+    framing: dict = field(default_factory=dict)     # engine/jobs/framing.py Framing.record()
 
 
 def denoise_calls(segments, settings) -> int:
@@ -56,6 +65,24 @@ def pass_batch(settings) -> int:
     from engine.perf.memory import memory_plan
 
     return memory_plan(settings.memory).unet_items or len(settings.passes)
+
+
+COLORSPACES = params.param("colorspace", "inverse").choices
+# model outputs (model encodings) → how they are resampled back to the output size
+_OUTPUT_KINDS = {"normal": "normal-encoded"}
+
+
+def input_is_linear(clip, colorspace: str) -> bool:
+    """Whether the clip's values are linear: ``auto`` = EXR (and float TIFF) linear, the rest sRGB."""
+    if colorspace not in COLORSPACES:
+        raise JobError(f"colorspace {colorspace!r}: choose one of {', '.join(COLORSPACES)}")
+    return clip.is_linear if colorspace == "auto" else colorspace == "linear"
+
+
+def fps_warnings(clip) -> list[str]:
+    if getattr(clip, "fps_origin", "") == "default":
+        return [f"no frame rate given for this image sequence: {clip.fps:g} fps assumed (set source_fps)"]
+    return []
 
 
 def _model_identity(renderer) -> dict:
@@ -78,33 +105,48 @@ def _up_to_date(out: Path, key: str) -> bool:
     return all(gset.path(p, f).is_file() for p in gset.passes for f in gset.frame_numbers)
 
 
+def _identity_path(clip_path) -> Path:
+    """What the resume key fingerprints: a sequence pattern's folder, else the path itself."""
+    from engine.io.sequence import is_pattern
+
+    p = Path(clip_path)
+    return p.parent if is_pattern(p) and not p.exists() else p
+
+
 def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *, listener=None,
              should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True) -> ClipResult:
     from engine.gbuffer import GBufferSetWriter, from_model_outputs, linear_to_srgb, srgb_to_linear
     from engine.gbuffer.encodings import depth_manifest
-    from engine.gbuffer.manifest import make_provenance
-    from engine.io import open_clip
+    from engine.gbuffer import make_provenance
+    from engine.io import VIDEO_SUFFIXES, open_clip
 
     t0 = time.monotonic()
+    first = settings.first_frame
+    if first is None and Path(clip_path).is_file() and Path(clip_path).suffix.lower() in VIDEO_SUFFIXES:
+        first = 1                                   # a video's frames are numbered from 1, like Blender's
     try:
-        clip = open_clip(clip_path, frame_range=settings.frame_range, fps=settings.fps)
+        clip = open_clip(clip_path, frame_range=settings.frame_range, fps=settings.fps,
+                         source_fps=settings.source_fps, first_number=first)
     except (FileNotFoundError, ValueError, IndexError) as exc:
         raise JobError(str(exc)) from None
     with clip:
         n = len(clip)
         if n == 0:
             raise JobError(f"{clip_path}: the clip has zero frames")
-        size = settings.resolution or cover_resolution(*clip.size)
+        linear = input_is_linear(clip, settings.colorspace)
+        size = processing_size(clip.size, settings.resolution)
         mult = renderer.size_multiple
         if size[0] % mult or size[1] % mult:
             raise JobError(f"--resolution {size[0]}x{size[1]}: sides must be multiples of {mult}")
+        framing = plan_framing(clip.size, size, settings.fit, settings.output_size)
         seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
-        ident = {"input": str(Path(clip_path).resolve()), "files": file_identity(clip_path), "job": "inverse",
-                 "model": _model_identity(renderer), **{k: v for k, v in asdict(settings).items()
-                                                         if k not in ("overwrite", "device", "previews")},
+        ident = {"input": str(Path(clip_path).resolve()), "files": file_identity(_identity_path(clip_path)),
+                 "job": "inverse", "model": _model_identity(renderer),
+                 **{k: v for k, v in asdict(settings).items() if k not in ("overwrite", "device", "previews")},
                  "seed": seed, "resolution": list(size)}
         key = settings_key(ident)
-        result = ClipResult(str(clip_path), str(out), n, tuple(size), list(settings.passes))
+        result = ClipResult(str(clip_path), str(out), n, tuple(framing.output), list(settings.passes),
+                            fps=float(clip.fps), frame_numbers=list(clip.frame_numbers), framing=framing.record())
         if _up_to_date(out, key):
             result.status = "up-to-date"
             return result
@@ -121,23 +163,26 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
         dec_chunk, dec_overlap = decode_settings(settings)
 
         def compute(k, s, e):
-            frames = resize_frames(clip.read_range(s, e), size)
-            display = linear_to_srgb(frames) if clip.is_linear else np.clip(frames, 0.0, 1.0)
+            raw = clip.read_range(s, e)
+            frames = to_processing(raw, framing)
+            display = linear_to_srgb(frames) if linear else np.clip(frames, 0.0, 1.0)
             out_ = renderer(display, settings.passes, num_inference_steps=settings.steps, seed=None,
                             noise=noise[:, s:e], decode_chunk_size=dec_chunk,
                             decode_overlap=dec_overlap, window=settings.frames, pass_batch=pass_batch(settings),
                             overlap=settings.overlap, blend=settings.blend, should_cancel=should_cancel,
                             callback=lambda i, *_: progress.step("denoise", k) if i >= 0 else None)
             computed.append(k)
-            res = {f"pass:{p}": v for p, v in out_.items()}
-            res["input"] = frames if clip.is_linear else srgb_to_linear(display)
+            res = {f"pass:{p}": from_processing(v, framing, _OUTPUT_KINDS.get(p, "color")) for p, v in out_.items()}
+            plate = source_to_output(raw, framing)
+            res["input"] = plate if linear else srgb_to_linear(np.clip(plate, 0.0, 1.0))
             return res
 
         manifest_base = {
             "fps": float(clip.fps or 24.0), "kind": "gbuffer", "depth": depth_manifest(None),
             "provenance": make_provenance("inverse-model", model=settings.model, revision=settings.revision,
                                           settings={**{k: (list(v) if isinstance(v, tuple) else v) for k, v in
-                                                       asdict(settings).items()}, "key": key, "seed": seed},
+                                                       asdict(settings).items()}, "key": key, "seed": seed,
+                                                    "framing": framing.record(), "input_linear": linear},
                                           source=str(Path(clip_path).resolve())),
         }
         t_compute = time.monotonic()
@@ -145,10 +190,9 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
             writer = GBufferSetWriter(out, manifest_base, overwrite=settings.overwrite)
         except ValueError as exc:
             raise JobError(str(exc)) from None
-        # videos number their frames from 0; sets start at 1 like Blender (video frame 0 → 0001)
-        offset = 1 if type(clip).__name__ == "VideoClip" else 0
+        # a video's frames are numbered from first_frame (1 by default, like Blender); sequences keep theirs
         for idx, frame in run_segments(segments, compute, cache):
-            number = clip.frame_numbers[idx] + offset
+            number = clip.frame_numbers[idx]
             outputs = {k[5:]: v[None] for k, v in frame.items() if k.startswith("pass:")}
             for name, arr in from_model_outputs(outputs).items():
                 writer.write_frame(name, number, arr[0])
@@ -163,8 +207,8 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
             write_contact_sheet(gset)
         cache.clear()
         result.resumed_segments = len(segments) - len(computed)
-        result.warnings = list(writer.warnings) + ([f"{clip.nonfinite_count} NaN/Inf input values replaced"]
-                                                   if clip.nonfinite_count else [])
+        result.warnings = (fps_warnings(clip) + framing.warnings() + list(writer.warnings)
+                           + ([f"{clip.nonfinite_count} NaN/Inf input values replaced"] if clip.nonfinite_count else []))
         result.seconds = {"total": round(time.monotonic() - t0, 2), "compute_and_write": round(t_write - t_compute, 2),
                           "previews": round(time.monotonic() - t_write, 2)}
         return result
@@ -177,6 +221,9 @@ def run_inverse(input_path, out, settings: InverseSettings, *, renderer=None, li
 
     t0 = time.monotonic()
     input_path, out = Path(input_path), Path(out)
+    check_settings(settings)
+    if settings.colorspace not in COLORSPACES:
+        raise JobError(f"colorspace {settings.colorspace!r}: choose one of {', '.join(COLORSPACES)}")
     try:
         clips = find_clips(input_path)
     except (FileNotFoundError, ValueError) as exc:

@@ -1,5 +1,7 @@
-"""Footage export: image sequences (8-bit → 16-bit PNG, float → EXR), movies and movie clips, and the
-active VSE strip with its timeline frame numbers; clip.json; the engine reads the folder."""
+"""Footage description: image sequences, movies and movie clips and the active VSE strip are handed to the
+engine as their own files (no re-encode) with the frame numbers they must land on, the frame rate and the
+colour space; only a colour space that needs Blender's colour management is rendered (half-float EXR).
+The engine reads each description to exactly those frame numbers."""
 from __future__ import annotations
 
 import json
@@ -14,7 +16,8 @@ np = pytest.importorskip("numpy")
 
 from diffusion_renderer_addon import compat  # noqa: E402
 from diffusion_renderer_addon.export import FootageExportError, export_footage  # noqa: E402
-from diffusion_renderer_addon.export.exr_io import read_exr, write_exr  # noqa: E402
+from diffusion_renderer_addon.export.footage_export import engine_colorspace, sequence_pattern  # noqa: E402
+from exr_files import read_exr, write_exr  # noqa: E402
 
 FRAMES = (5, 6, 7)
 
@@ -78,14 +81,23 @@ def movie(tmp_path):
     return path
 
 
-def load_png(path):
-    """(stored values (H, W, 3) in [0, 1], bit depth) of a written RGB PNG."""
-    px, depth, ctype = S.read_png(path)
-    assert ctype == 2  # RGB, no alpha
-    return px, depth
+def engine_frames(params) -> dict:
+    """What the engine makes of a description's params: frame numbers, rate, size, first pixel (as read)."""
+    code = r"""
+import json, sys
+from pathlib import Path
+from engine.io import VIDEO_SUFFIXES, open_clip
+p = json.loads(sys.argv[1])
+video = Path(p["input"]).suffix.lower() in VIDEO_SUFFIXES
+first = p.get("first_frame", 1 if video else None)
+with open_clip(p["input"], frame_range=p.get("frame_range"), source_fps=p.get("source_fps"), first_number=first) as c:
+    print(json.dumps({"numbers": c.frame_numbers, "fps": c.fps, "size": list(c.size), "linear": c.is_linear,
+                      "first": c.read(0)[0, 0].tolist()}))
+"""
+    return json.loads(S.run_engine(code, json.dumps(params)))
 
 
-def test_png_image_sequence_keeps_numbers_and_values(png_sequence, tmp_path):
+def test_png_image_sequence_passes_through(png_sequence, tmp_path):
     img = bpy.data.images.load(str(png_sequence))
     img.source = "SEQUENCE"
     scene = bpy.context.scene
@@ -93,48 +105,49 @@ def test_png_image_sequence_keeps_numbers_and_values(png_sequence, tmp_path):
     before = S.fingerprint(scene)
     info = export_footage(img, tmp_path / "out")
     assert S.diff(before, S.fingerprint(scene)) == []
-    out = tmp_path / "out"
-    assert sorted(os.listdir(out)) == ["clip.json", "frame.0005.png", "frame.0006.png", "frame.0007.png"]
-    assert info == json.loads((out / "clip.json").read_text())
-    assert info["frame_numbers"] == list(FRAMES) and info["fps"] == 30 and info["resolution"] == [8, 4]
-    assert info["encoding"] == "srgb" and info["pattern"] == "frame.####.png"
-    for f in FRAMES:
-        px, depth = load_png(out / f"frame.{f:04d}.png")
-        assert depth == 16
-        src, src_depth, _ = S.read_png(png_sequence.with_name(f"shot_{f:04d}.png"))  # the 8-bit source
-        assert src_depth == 8
-        assert np.abs(px - src[..., :3]).max() < 2.5 / 65535  # 8 bits → 16 bits (v·257) within 2 LSB
+    assert not (tmp_path / "out").exists(), "nothing is re-encoded"
+    assert info["params"] == {"input": str(png_sequence.parent), "colorspace": "srgb", "source_fps": 30.0}
+    assert info["frame_numbers"] == list(FRAMES) and info["fps"] == 30 and info["size"] == [8, 4]
+    assert not info["rendered"]
+    r = engine_frames(info["params"])
+    assert r["numbers"] == list(FRAMES) and r["fps"] == 30 and r["size"] == [8, 4]
+    assert r["first"] == pytest.approx([round(0.5 * 255) / 255, round(0.5 * 255) / 255, round(0.25 * 255) / 255],
+                                       abs=1e-4)
+    (png_sequence.parent / "notes_0001.png").write_bytes((png_sequence).read_bytes())   # another sequence
+    info = export_footage(img, tmp_path / "out")
+    assert info["params"]["input"] == str(png_sequence.parent / "shot_####.png")
+    assert engine_frames(info["params"])["numbers"] == list(FRAMES)
 
 
-def test_float_exr_sequence_stays_linear(tmp_path):
+def test_float_exr_sequence_is_linear(tmp_path):
     folder = tmp_path / "src_exr"
     for f in (1, 2):
-        write_exr(folder / f"plate.{f:04d}.exr", 8, 4, {"R": [f * 1.5] * 32, "G": [0.25] * 32, "B": [3.0] * 32},
+        write_exr(folder / f"plate.{f:04d}.exr", {c: np.full((4, 8), v) for c, v in zip("RGB", (f * 1.5, 0.25, 3.0))},
                   dtype="float")
     img = bpy.data.images.load(str(folder / "plate.0001.exr"))
     img.source = "SEQUENCE"
-    info = export_footage(img, tmp_path / "out", name="plate")
-    assert info["encoding"] == "linear-rec709" and info["pattern"] == "plate.####.exr"
-    w, h, ch = read_exr(tmp_path / "out" / "plate.0002.exr")
-    assert (w, h) == (8, 4) and info["resolution"] == [8, 4]
-    assert np.allclose([ch["R"][0], ch["G"][0], ch["B"][0]], [3.0, 0.25, 3.0], atol=1e-3)  # HDR kept
+    info = export_footage(img, tmp_path / "out")
+    assert info["params"]["colorspace"] == "linear" and info["params"]["input"] == str(folder)
+    r = engine_frames(info["params"])
+    assert r["numbers"] == [1, 2] and r["linear"] and r["first"] == pytest.approx([1.5, 0.25, 3.0])  # HDR kept
 
 
 def test_movie_clip_and_movie_image(movie, tmp_path):
     clip = bpy.data.movieclips.load(str(movie))
     info = export_footage(clip, tmp_path / "clip")
-    assert info["frame_numbers"] == [1, 2, 3, 4, 5, 6] and info["fps"] == 24 and info["resolution"] == [64, 32]
-    for f in (1, 4, 6):
-        px, _ = load_png(tmp_path / "clip" / f"frame.{f:04d}.png")
-        assert abs(float(np.median(px[..., 0])) - srgb(f / 10)) < 0.03  # lossy H.264
+    assert info["params"] == {"input": str(movie), "colorspace": "srgb"}   # the movie's own rate: none given
+    assert info["frame_numbers"] == [1, 2, 3, 4, 5, 6] and info["fps"] == 24 and info["size"] == [64, 32]
+    r = engine_frames(info["params"])
+    assert r["numbers"] == [1, 2, 3, 4, 5, 6] and r["fps"] == 24 and r["size"] == [64, 32]
+    assert abs(r["first"][0] - srgb(0.1)) < 0.03                          # lossy H.264
     clip.frame_start = 101  # a clip placed later on the timeline keeps the timeline numbers
     info = export_footage(clip, tmp_path / "clip101", frame_range=(102, 103))
-    assert info["frame_numbers"] == [102, 103]
-    px, _ = load_png(tmp_path / "clip101" / "frame.0103.png")
-    assert abs(float(np.median(px[..., 0])) - srgb(0.3)) < 0.03
+    assert info["params"]["first_frame"] == 101 and info["params"]["frame_range"] == [102, 103]
+    r = engine_frames(info["params"])
+    assert r["numbers"] == [102, 103] and abs(r["first"][0] - srgb(0.2)) < 0.03
     img = bpy.data.images.load(str(movie))
     info = export_footage(img, tmp_path / "img")
-    assert info["frame_numbers"] == [1, 2, 3, 4, 5, 6]
+    assert info["frame_numbers"] == [1, 2, 3, 4, 5, 6] and info["params"]["input"] == str(movie)
 
 
 def test_active_vse_strip_uses_timeline_frames(movie, tmp_path):
@@ -146,10 +159,13 @@ def test_active_vse_strip_uses_timeline_frames(movie, tmp_path):
     before = S.fingerprint(scene)
     info = export_footage(None, tmp_path / "vse", scene=scene)
     assert S.diff(before, S.fingerprint(scene)) == []
-    assert info["frame_numbers"] == [11, 12, 13, 14, 15]
-    assert info["fps"] == scene.render.fps / scene.render.fps_base
-    px, _ = load_png(tmp_path / "vse" / "frame.0011.png")
-    assert abs(float(np.median(px[..., 0])) - srgb(0.2)) < 0.03  # scene frame 11 shows content frame 2
+    fps = scene.render.fps / scene.render.fps_base
+    assert info["frame_numbers"] == [11, 12, 13, 14, 15] and info["fps"] == fps
+    assert info["params"] == {"input": str(movie), "first_frame": 10, "frame_range": [11, 15], "colorspace": "srgb",
+                              "source_fps": fps}
+    r = engine_frames(info["params"])
+    assert r["numbers"] == [11, 12, 13, 14, 15] and r["fps"] == fps
+    assert abs(r["first"][0] - srgb(0.2)) < 0.03  # scene frame 11 shows content frame 2
 
 
 def test_vse_image_strip(png_sequence, tmp_path):
@@ -160,8 +176,40 @@ def test_vse_image_strip(png_sequence, tmp_path):
     se.active_strip = strip
     info = export_footage(None, tmp_path / "vse", scene=scene)
     assert info["frame_numbers"] == [20, 21]
-    px, _ = load_png(tmp_path / "vse" / "frame.0021.png")
-    assert abs(float(px[0, 0, 0]) - round(0.6 * 255) / 255) < 2.5 / 65535
+    assert info["params"]["input"] == str(png_sequence.parent) and info["params"]["first_frame"] == 20
+    assert info["params"]["frame_range"] == [20, 21]                      # shot_0007 is not in the strip
+    r = engine_frames(info["params"])
+    assert r["numbers"] == [20, 21] and r["first"][0] == pytest.approx(round(0.5 * 255) / 255, abs=1e-4)
+    strip.elements[1].filename = "shot_0007.png"                           # 5, 7: not one sequence in order
+    info = export_footage(None, tmp_path / "vse2", scene=scene)
+    assert info["rendered"] and info["params"]["input"] == str(tmp_path / "vse2" / "frames")
+    assert sorted(os.listdir(tmp_path / "vse2" / "frames")) == ["frame.0020.exr", "frame.0021.exr"]
+    r = engine_frames(info["params"])
+    assert r["numbers"] == [20, 21] and r["linear"]
+    assert r["first"][0] == pytest.approx(S_lin(round(0.5 * 255) / 255), abs=2e-3)   # half float, linear
+
+
+def S_lin(v):
+    return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
+
+
+def test_colour_space_needing_blender_is_rendered_once_as_linear_exr(png_sequence, tmp_path):
+    assert engine_colorspace("sRGB") == "srgb" and engine_colorspace("Linear Rec.709") == "linear"
+    assert engine_colorspace("Filmic Log") is None and engine_colorspace("ACEScg") is None
+    assert sequence_pattern("/a/shot_0005.png") == "/a/shot_####.png" and sequence_pattern("/a/x.png") is None
+    img = bpy.data.images.load(str(png_sequence))
+    img.source = "SEQUENCE"
+    img.colorspace_settings.name = "Filmic Log"
+    info = export_footage(img, tmp_path / "out")
+    assert info["rendered"] and info["colorspace_name"] == "Filmic Log"
+    assert info["params"]["colorspace"] == "linear" and any("Filmic Log" in n for n in info["notes"])
+    folder = tmp_path / "out" / "frames"
+    assert sorted(os.listdir(folder)) == [f"frame.{f:04d}.exr" for f in FRAMES]
+    ch = read_exr(folder / "frame.0006.exr")
+    assert sorted(ch) == ["B", "G", "R"] and ch["R"].shape == (4, 8)
+    r = engine_frames(info["params"])
+    assert r["numbers"] == list(FRAMES) and r["linear"]
+    assert abs(r["first"][1] - S_lin(0.5)) > 0.02, "Filmic Log values must go through Blender's conversion"
 
 
 def test_errors(tmp_path):
@@ -172,18 +220,3 @@ def test_errors(tmp_path):
         export_footage(gen, tmp_path / "x")
     with pytest.raises(FootageExportError, match="expected a Movie Clip"):
         export_footage(bpy.context.scene, tmp_path / "x")
-
-
-def test_engine_reads_the_frame_folder(png_sequence, tmp_path):
-    img = bpy.data.images.load(str(png_sequence))
-    img.source = "SEQUENCE"
-    export_footage(img, tmp_path / "out")
-    code = r"""
-import json, sys
-from engine.io.sequence import list_frames, read_frame, frame_number
-files = list_frames(sys.argv[1])
-print(json.dumps({"numbers": [frame_number(p) for p in files], "first": read_frame(files[0])[0, 0].tolist()}))
-"""
-    r = json.loads(S.run_engine(code, tmp_path / "out"))
-    assert r["numbers"] == list(FRAMES)
-    assert r["first"] == pytest.approx([round(0.5 * 255) / 255, round(0.5 * 255) / 255, round(0.25 * 255) / 255], abs=1e-4)

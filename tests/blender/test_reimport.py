@@ -1,6 +1,6 @@
 """Importing G-buffer and relit sets into Blender (diffusion_renderer_addon/reimport).
 
-Sets are written with the add-on's own stdlib EXR writer (export/exr_io.py): single-layer files named
+Sets are written with the tests' EXR helper (tests/blender/exr_files.py, OpenEXR): single-layer files named
 as in docs/GBUFFER_SET.md, frames 101–103 (so the first-frame offset is exercised). Runs under any bpy
 (bin/test-blender, bin/test-blender-matrix); skipped where bpy is missing.
 """
@@ -21,8 +21,10 @@ os.environ.setdefault("BLENDER_USER_RESOURCES", str(Path(tempfile.gettempdir()) 
 bpy = pytest.importorskip("bpy", reason="bpy (Blender as a Python module) is not installed in this interpreter; "
                                         "run these tests with bin/test-blender")
 
+import numpy as np  # noqa: E402
+
 from diffusion_renderer_addon import compat  # noqa: E402
-from diffusion_renderer_addon.export.exr_io import write_exr  # noqa: E402
+from exr_files import write_exr  # noqa: E402
 from diffusion_renderer_addon.reimport import ReimportError, import_result  # noqa: E402
 
 W, H = 8, 6
@@ -55,7 +57,7 @@ def _write_set(root: Path, kind: str, passes: dict) -> Path:
         for f in FRAMES:
             path = root / name / f"{name}.{f:04d}.exr"
             path.parent.mkdir(exist_ok=True)
-            write_exr(path, W, H, {c: [_value(name, c, f)] * (W * H) for c in chans}, dtype=dtype)
+            write_exr(path, {c: np.full((H, W), _value(name, c, f)) for c in chans}, dtype=dtype)
     if kind == "gbuffer":
         manifest["alpha"] = "alpha"
         manifest["depth"] = {"kind": "metric", "near": 5.0, "far": 7.0, "invert": False, "range_rule": "clip-min-p98"}
@@ -141,7 +143,21 @@ def test_gbuffer_set(sets, scene):
     for t in texs:
         _check_range(t.image_user)
     assert mat.use_fake_user  # kept in the saved file although nothing uses it yet
-    assert "strip" not in res  # no VSE strip for a G-buffer set
+    # VSE: the de-lit plate (base colour) as an image strip over the set's frames
+    strip = compat.vse_strips(scene.sequence_editor)[res["strip"]]
+    assert compat.strip_timing(strip)[1:] == (101, 104) and len(strip.elements) == 3
+    assert [e.filename for e in strip.elements] == [f"basecolor.{f:04d}.exr" for f in FRAMES]
+    assert res["fps"] == 24 and res["warnings"] == []      # the scene plays at the set's 24 fps
+
+
+def test_other_scene_rate_is_reported_not_retimed(sets, scene):
+    gbuf, _ = sets
+    scene.render.fps, scene.render.fps_base = 25, 1.0
+    res = import_result(gbuf, scene=scene, make_material=False, make_compositor=False)
+    [warning] = res["warnings"]
+    assert "24 fps" in warning and "25 fps" in warning and "not retimed" in warning
+    strip = compat.vse_strips(scene.sequence_editor)[res["strip"]]
+    assert compat.strip_timing(strip)[1:] == (101, 104)
 
 
 def test_single_channel_reads_grey(sets):
