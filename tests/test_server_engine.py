@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import protocol as P
+from engine.contract import protocol as P
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and pipes")
