@@ -15,9 +15,10 @@ from . import client as dr
 from . import preferences as prefs_mod
 from . import properties
 from .client import blocking
+from .contract import gbuffer_set
 
 _ACTIVE: dict = {"job": None}
-FORWARD_PASSES = ("basecolor", "normal", "depth", "roughness", "metallic")  # what a forward job reads
+FORWARD_PASSES = gbuffer_set.FORWARD_PASSES   # what a forward job reads
 
 
 def _status(context=None):
@@ -198,6 +199,9 @@ def _load_results(job) -> list:
     st = _status()
     if st is not None and loaded:
         st.status = f"{job.message or job.state}: loaded {len(loaded)} set{'s' if len(loaded) > 1 else ''}"
+        notes = list(dict.fromkeys(w for item in loaded for w in (item.get("warnings") or [])))
+        if notes:  # e.g. the set's frame rate differs from the scene's (nothing is retimed)
+            st.status += f" ({notes[0]})" if len(notes) == 1 else f" ({notes[0]} and {len(notes) - 1} more)"
     dr.timer.tag_redraw()
     return loaded
 
@@ -214,9 +218,10 @@ def _delight_step(context, prev, required=()):
     passes = [p for p in properties.PASS_NAMES if p in chosen or p in required]
     if not passes:
         raise ValueError("choose at least one pass to compute")
-    footage = os.path.join(folder, "footage")
-    export_footage(source, footage, scene=context.scene)
-    params = {**_common(context), "input": footage, "passes": passes, "model": _model(s.inverse_model)}
+    # the engine reads the footage itself (movie file or sequence pattern, frame numbers, rate, colour
+    # space); Blender renders frames into <job>/footage only when its colour management must be applied
+    footage = export_footage(source, os.path.join(folder, "footage"), scene=context.scene)
+    params = {**_common(context), **footage["params"], "passes": passes, "model": _model(s.inverse_model)}
     return "inverse", params, folder
 
 
@@ -241,10 +246,12 @@ def _forward_params(context, gbuffers, hdris, extra=None) -> dict:
 
 
 def _render_step(context, prev):
+    """Blender renders the scene's G-buffers into a render folder (frame EXRs + render.json); the forward
+    job reads that folder itself (the engine converts it, docs/GBUFFER_SET.md)."""
     from .export import export_environment, export_gbuffers
     s = _settings(context)
     folder = job_folder(context, "render")
-    gbuffers = export_gbuffers(context.scene, os.path.join(folder, "gbuffers"), samples=s.render_samples)
+    render_dir = export_gbuffers(context.scene, os.path.join(folder, "render"), samples=s.render_samples)
     extra = {}
     if s.hdri_source == "WORLD":
         env = export_environment(context.scene, os.path.join(folder, "env"))
@@ -255,7 +262,7 @@ def _render_step(context, prev):
         hdri = _abs(s.hdri_path)
         if not hdri or not os.path.isfile(hdri):
             raise ValueError(f"HDRI file not found: {s.hdri_path or '(none chosen)'}")
-    return "forward", _forward_params(context, str(gbuffers), [hdri], extra), folder
+    return "forward", _forward_params(context, str(render_dir), [hdri], extra), folder
 
 
 def _relight_step(context, prev):

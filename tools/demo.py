@@ -2,10 +2,11 @@
 
 1. a synthetic HDR sky (written by the engine's Python: ``engine.envmap.write_hdr``) — nothing shipped;
 2. a small procedural scene using it as World (``diffusion_renderer_addon.demo_scene``);
-3. its G-buffers + cameras exported (``export.export_gbuffers``) and its world described
-   (``export.export_environment``);
-4. the engine started through the add-on client, the forward model run (``allow_download`` true);
-   ``--tiny``: a random-weight forward checkpoint written on the fly instead (offline smoke check);
+3. its G-buffers rendered by Blender into a render folder (``export.export_gbuffers``: frame EXRs +
+   render.json) and its world described (``export.export_environment``);
+4. the engine started through the add-on client, the forward model run on the render folder
+   (``allow_download`` true); ``--tiny``: a random-weight forward checkpoint written on the fly instead
+   (offline smoke check); the render folder converted into a G-buffer set by a ``gbuffers`` job;
 5. the G-buffer set and the relit set imported back (``reimport.import_result``), ``demo.blend``
    saved and the relit mp4 copied to ``demo.mp4`` in the output folder (default ``out/demo``).
 
@@ -124,9 +125,9 @@ def run(args) -> int:
     for s in list(bpy.data.scenes):
         if s != scene:
             bpy.data.scenes.remove(s)
-    log(f"exporting G-buffers ({frames} frames, {w}x{h})")
-    gset = export_gbuffers(scene, work / "gbuffers", samples=1 if args.tiny else 4, background=False,
-                           overwrite=True, progress=lambda d, t, m: None)
+    log(f"rendering G-buffers ({frames} frames, {w}x{h})")
+    render_dir = export_gbuffers(scene, work / "render", samples=1 if args.tiny else 4, background=False,
+                                 overwrite=True, progress=lambda d, t, m: None)
     env = export_environment(scene, work / "env", render="auto", width=128 if args.tiny else 512)
     log(f"environment: {env['kind']} {env['path']}")
 
@@ -134,7 +135,7 @@ def run(args) -> int:
                            env={"HF_HUB_OFFLINE": "1"} if args.tiny else {}, jobs_dir=str(work / "jobs"),
                            args=["--log-file", str(work / "engine.log")])
     client = drc.configure(cfg)
-    params = {"gbuffers": str(gset), "camera_follow": True, "hdri": [env["path"]], "env_rotation": float(env["env_rotation"]),
+    params = {"gbuffers": str(render_dir), "camera_follow": True, "hdri": [env["path"]], "env_rotation": float(env["env_rotation"]),
               "env_strength": float(env["env_strength"]), "env_flip": bool(env.get("env_flip", False)),
               "model": model, "allow_download": True, "overwrite": True, "frames": frames, "overlap": 0,
               "previews": True}
@@ -159,14 +160,20 @@ def run(args) -> int:
             if code == "weights_unavailable":
                 raise _Stop(exc.message, 2) from None
             raise _Stop(f"forward job failed ({code}): {exc.short()}") from None
-        except drc.ClientError as exc:
-            raise _Stop(f"engine: {exc.short()}") from None
+        log("converting the render folder into a G-buffer set (to show the passes in Blender)")
+        try:
+            gjob = blocking.run_job("gbuffers", {"input": str(render_dir), "overwrite": True, "previews": False},
+                                    str(work / "jobs" / f"gbuffers-{int(time.time())}"), client=client)
+        except blocking.JobFailed as exc:
+            raise _Stop(f"gbuffers job failed ({exc.engine_code or exc.code}): {exc.short()}") from None
+    except drc.ClientError as exc:
+        raise _Stop(f"engine: {exc.short()}") from None
     finally:
         drc.shutdown_all()
     relit_manifest = Path(job.manifest)
     log(f"relit set: {relit_manifest.parent}")
 
-    created_g = import_result(gset / "manifest.json", scene=scene, make_vse=False)
+    created_g = import_result(gjob.manifest, scene=scene, make_vse=False)
     created_r = import_result(relit_manifest, scene=scene, vse_movie=False)
     relit = json.loads(relit_manifest.read_text(encoding="utf-8"))
     mp4 = relit_manifest.parent / (relit.get("videos") or {}).get("relit", "relit.mp4")

@@ -26,8 +26,8 @@ values of the shader that actually reaches its Material Output:
   invalid links count as unlinked.
 
 Objects **without a material** and materials that do not render through nodes (4.x ``use_nodes``
-off) get no AOV: the exporter recognises their pixels (covered in Combined alpha, not in the base-colour
-AOV's alpha) and fills the same defaults. The world/background writes no AOV: alpha 0 there.
+off) get no AOV: the engine's converter recognises their pixels (covered in Combined alpha, not in the
+base-colour AOV's alpha) and fills the same defaults (``render_json.AOV_DEFAULTS``). The world/background writes no AOV: alpha 0 there.
 
 Everything is added through a :class:`~.restore.ChangeLog` (new nodes, new links from existing sockets,
 new group interface sockets, new view-layer AOVs) and removed by ``log.restore()``; no existing node,
@@ -40,12 +40,14 @@ from dataclasses import dataclass, field
 import bpy
 
 from .. import compat
+from ..contract import render_json
 
 __all__ = ["AOV_TYPES", "DEFAULTS", "choose_aov_names", "add_view_layer_aovs", "inject_materials",
            "InjectionReport"]
 
 AOV_TYPES = {"basecolor": "COLOR", "roughness": "VALUE", "metallic": "VALUE"}
-DEFAULTS = {"basecolor": (0.8, 0.8, 0.8), "roughness": 0.5, "metallic": 0.0}
+# values of shaders without material information (the engine fills surfaces without an AOV with the same)
+DEFAULTS = {k: tuple(v) if isinstance(v, list) else v for k, v in render_json.AOV_DEFAULTS.items()}
 _GROUP_SOCKET_TYPES = {"basecolor": "NodeSocketColor", "roughness": "NodeSocketFloat", "metallic": "NodeSocketFloat"}
 _MAX_DEPTH = 64
 

@@ -1,20 +1,23 @@
-"""Background export: render a saved copy of the .blend in ``blender -b`` and poll it (modal operators).
-Split from gbuffer_export.py."""
+"""Background export: render a saved copy of the .blend in ``blender -b copy.blend --python
+background_runner.py -- job.json`` and poll it (modal operators). The child prints ``DR_PROGRESS`` /
+``DR_RESULT`` lines (:mod:`.background_runner`); a failure of any kind (an export error in the copy, a
+crash, a kill) ends as one :class:`~.render_request.ExportError` line, Blender's last output on stderr.
+Tested with a Blender-compatible command line over the ``bpy`` module (tests/blender/bpy_blender.py)."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import bpy
 
-
-
-from .set_writer import check_request, ExportError
+from .render_request import ExportError, check_output_folder, check_request, frame_size, pick_view_layer
 
 
 class BackgroundExport:
@@ -24,8 +27,8 @@ class BackgroundExport:
     modal operator / timer, ``poll()`` regularly: it returns the latest ``(done, total, message)`` and
     never blocks (a reader thread collects the child's stdout into a queue; no bpy access off the main
     thread). ``finished`` tells when the child has exited; ``result()`` then returns the set folder or
-    raises :class:`ExportError`. ``cancel()`` terminates the child; the folder is left without a
-    manifest (incomplete). The open file is never modified."""
+    raises :class:`ExportError`. ``cancel()`` terminates the child; the folder is left without
+    render.json (incomplete). The open file is never modified."""
 
     def __init__(self, cmd: list[str], tmp_dir: Path, out_dir: Path):
         import queue
@@ -121,10 +124,20 @@ class BackgroundExport:
         self._drain()
         self._cleanup()
         if self._cancelled:
-            raise ExportError(f"export cancelled; {self.out_dir} is incomplete (no manifest)")
+            raise ExportError(f"export cancelled; {self.out_dir} is incomplete (no render.json)")
         if self._result is None or not self._result.get("ok"):
-            why = (self._result or {}).get("error") or f"exit code {self.proc.returncode}"
-            raise ExportError(f"background export failed: {why}\n" + "\n".join(self._tail[-15:]))
+            code = self.proc.returncode
+            if self._result is not None:
+                why = self._result.get("error") or f"exit code {code}"
+            elif code is not None and code < 0:
+                why = f"Blender stopped ({_signal_name(-code)}) before finishing"
+            else:
+                why = f"Blender exited with code {code} before finishing"
+            for partial in self.out_dir.glob(".*.partial.exr"):  # a frame Blender was writing when it stopped
+                partial.unlink(missing_ok=True)
+            if self._tail:  # the details go to the console; the error stays one line
+                print("background export: Blender's last output:\n" + "\n".join(self._tail[-15:]), file=sys.stderr)
+            raise ExportError(f"background export failed: {why}; {self.out_dir} is incomplete (no render.json)")
         return Path(self._result["out_dir"])
 
     def _cleanup(self):
@@ -132,7 +145,7 @@ class BackgroundExport:
 
 
 def start_export_gbuffers(scene, out_dir, *, frame_range=None, resolution=None, samples: int = 1,
-                          engine: str = "CYCLES", passes=None, view_layer=None, filter_width: float | None = 0.01,
+                          engine: str = "CYCLES", view_layer=None, filter_width: float | None = 0.01,
                           overwrite: bool = False, blender_binary: str | None = None,
                           source: str | None = None) -> BackgroundExport:
     """Save a copy of the open file and start exporting it in ``blender -b`` (returns at once). The
@@ -142,18 +155,21 @@ def start_export_gbuffers(scene, out_dir, *, frame_range=None, resolution=None, 
     if not (binary and os.path.isfile(binary) and os.access(binary, os.X_OK)):
         raise ExportError(f"no Blender executable to export in the background (binary_path {binary!r}); "
                           "export in this process instead (background=False)")
-    passes, frames = check_request(scene, passes, frame_range)
+    frames = check_request(scene, frame_range)
     out_dir = Path(out_dir).resolve()
-    vl = _gbx()._pick_view_layer(scene, view_layer)
+    vl = pick_view_layer(scene, view_layer)
+    source = source or (bpy.path.abspath(bpy.data.filepath) if bpy.data.filepath else None)
+    size = tuple(int(v) for v in resolution) if resolution is not None else frame_size(scene)
+    check_output_folder(out_dir, source=source, frames=frames, size=size, overwrite=overwrite)  # fail early
     tmp_dir = Path(tempfile.mkdtemp(prefix="dr_gbuffer_bg_"))
     try:
         blend = tmp_dir / "scene_copy.blend"
         bpy.ops.wm.save_as_mainfile(filepath=str(blend), copy=True, relative_remap=True)
         job = {"scene": scene.name, "out_dir": str(out_dir), "frames": frames,
                "resolution": list(resolution) if resolution is not None else None, "samples": samples,
-               "engine": engine, "passes": passes, "view_layer": vl.name, "filter_width": filter_width,
+               "engine": engine, "view_layer": vl.name, "filter_width": filter_width,
                "overwrite": overwrite,
-               "source": source or (bpy.path.abspath(bpy.data.filepath) if bpy.data.filepath else None)}
+               "source": source}
         job_path = tmp_dir / "job.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")
         runner = Path(__file__).with_name("background_runner.py")
@@ -165,7 +181,8 @@ def start_export_gbuffers(scene, out_dir, *, frame_range=None, resolution=None, 
         raise
 
 
-def _gbx():
-    from . import gbuffer_export
-
-    return gbuffer_export
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"

@@ -25,7 +25,7 @@ def main(argv) -> int:
 
         out = mod.export_gbuffers(scene, job["out_dir"], frame_range=job["frames"],
                                   resolution=tuple(job["resolution"]) if job.get("resolution") else None,
-                                  samples=job["samples"], engine=job["engine"], passes=job["passes"],
+                                  samples=job["samples"], engine=job["engine"],
                                   view_layer=job["view_layer"], filter_width=job["filter_width"],
                                   overwrite=job["overwrite"], background=False, progress=progress,
                                   source=job.get("source"))
@@ -33,7 +33,10 @@ def main(argv) -> int:
         return 0
     except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
         traceback.print_exc()
-        print("DR_RESULT " + json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+        plain = type(exc).__name__ == "ExportError"  # its message already says what to change
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print("DR_RESULT " + json.dumps({"ok": False, "error": msg if plain else f"{type(exc).__name__}: {msg}"}),
+              flush=True)
         return 3
 
 

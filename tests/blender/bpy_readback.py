@@ -1,6 +1,9 @@
 """Checking what the Blender export wrote: the engine's interpreter (:func:`engine_python`,
-:func:`run_engine`), pass values at the image centre (:func:`export_centre`) and a PNG decoder
-(:func:`read_png`). Needs no bpy itself; imported through bpy_scene.
+:func:`run_engine`), the render folder converted by the engine (:func:`convert_render`,
+:func:`render_passes`), pass values at the image centre (:func:`export_centre`) and a PNG decoder
+(:func:`read_png`). Needs no bpy itself; imported through bpy_scene. Pixels are read on the engine's side
+(OpenEXR, numpy) and handed back as an ``.npz``: the add-on has no EXR code, and the check goes through
+the engine's own reader.
 """
 from __future__ import annotations
 
@@ -47,19 +50,66 @@ def run_engine(code: str, *args) -> str:
 
 
 # ------------------------------------------------------------------------------------------ exported files
-def export_centre(scene, tmp_path, passes=("basecolor", "roughness", "metallic", "alpha")):
-    """Export one frame and return {pass: value at the image centre} (numpy arrays)."""
+_CONVERT = r"""
+import json, sys
+import numpy as np
+from engine.gbuffer import open_gbuffer_set
+from engine.gbuffer.blender_render import convert_render_folder
+out = convert_render_folder(sys.argv[1], sys.argv[2], overwrite=True, previews=False)
+s = open_gbuffer_set(out)
+frames = s.read_frames()
+np.savez(sys.argv[3], **{k: np.asarray(v, np.float32) for k, v in frames.items()})
+print(json.dumps({"manifest": json.loads((out / "manifest.json").read_text()), "warnings": list(s.warnings)}))
+"""
+
+_READ = r"""
+import json, sys
+import numpy as np
+from engine.gbuffer.blender_render import read_render_folder
+c = read_render_folder(sys.argv[1])
+np.savez(sys.argv[2], **{k: np.asarray(v, np.float32) for k, v in c.passes.items()})
+print(json.dumps({"frame_numbers": c.frame_numbers, "warnings": c.warnings,
+                  "depth_range": list(c.depth_range) if c.depth_range else None}))
+"""
+
+
+def _npz(path) -> dict:
     import numpy as np
 
-    from diffusion_renderer_addon.export import export_gbuffers
-    from diffusion_renderer_addon.export.exr_io import read_exr
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
 
-    out = export_gbuffers(scene, tmp_path, frame_range=[1], passes=list(passes), overwrite=True)
+
+def convert_render(render_dir, set_dir) -> tuple[dict, dict, list]:
+    """The engine converts the render folder into a G-buffer set (``convert_render_folder``) and reads the
+    set back: (manifest, {pass: float32 (F, H, W, C)} as stored in the set, reader warnings)."""
+    import json
+
+    npz = Path(set_dir).with_name(Path(set_dir).name + ".npz")
+    r = json.loads(run_engine(_CONVERT, render_dir, set_dir, npz))
+    return r["manifest"], _npz(npz), r["warnings"]
+
+
+def render_passes(render_dir) -> tuple[dict, dict]:
+    """The render folder's passes as the engine reads them (``read_render_folder``, float32, before the set's
+    half rounding): ({pass: (F, H, W, C)}, {"frame_numbers", "warnings", "depth_range"})."""
+    import json
+
+    npz = Path(render_dir).with_name(Path(render_dir).name + ".passes.npz")
+    info = json.loads(run_engine(_READ, render_dir, npz))
+    return _npz(npz), info
+
+
+def export_centre(scene, tmp_path, passes=("basecolor", "roughness", "metallic", "alpha")):
+    """Export one frame, let the engine read the render folder, and return {pass: value at the image centre}."""
+    from diffusion_renderer_addon.export import export_gbuffers
+
+    out = export_gbuffers(scene, tmp_path, frame_range=[1], overwrite=True)
+    planes, _info = render_passes(out)
     res = {}
     for p in passes:
-        w, h, ch = read_exr(out / p / f"{p}.0001.exr")
-        planes = [np.frombuffer(ch[c], np.float32).reshape(h, w) for c in sorted(ch, key="RGBXYZV".index)]
-        res[p] = np.stack(planes, -1)[h // 2, w // 2]
+        _f, h, w, _c = planes[p].shape
+        res[p] = planes[p][0, h // 2, w // 2]
     return res
 
 

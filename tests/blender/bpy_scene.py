@@ -6,8 +6,9 @@
 * :func:`build_plane_scene`, :func:`new_material`, :func:`principled` — one plane, one material.
 * :func:`fingerprint`, :func:`diff` — a deep, comparable dump of everything the export must leave
   unchanged (bpy_fingerprint.py, re-exported here).
-* :func:`engine_python`, :func:`run_engine`, :func:`export_centre`, :func:`read_png` — the engine's
-  interpreter and reading exported files back (bpy_readback.py, re-exported here).
+* :func:`engine_python`, :func:`run_engine`, :func:`convert_render`, :func:`render_passes`,
+  :func:`export_centre`, :func:`read_png` — the engine's interpreter and reading exported files back
+  through it (bpy_readback.py, re-exported here).
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ bpy = pytest.importorskip("bpy", reason="bpy (Blender as a Python module) is not
 from mathutils import Euler, Vector  # noqa: E402
 
 from bpy_fingerprint import diff, fingerprint, rna_dump, tree_fingerprint  # noqa: E402, F401  (re-exported)
-from bpy_readback import engine_python, export_centre, read_png, run_engine  # noqa: E402, F401  (re-exported)
+from bpy_readback import (convert_render, engine_python, export_centre, read_png, render_passes,  # noqa: E402, F401
+                          run_engine)  # (re-exported)
 
 VERSION = tuple(bpy.app.version)
 

@@ -243,7 +243,7 @@ def test_neural_render_non_blocking_exports_the_scene_and_relights_it(addon, tin
     job = _client().registry.get(st.job_id)
     assert st.running and st.task == "render" and job.kind == "forward" and not job.is_terminal
     gbuffers = Path(job.params["gbuffers"])
-    assert json.loads((gbuffers / "manifest.json").read_text())["frame_numbers"] == [1, 2, 3]  # exported first
+    assert json.loads((gbuffers / "render.json").read_text())["frame_numbers"] == [1, 2, 3]  # exported first
     pump(_idle)
     assert job.state == "done", st.last_error
     relit = Path(st.last_manifest)

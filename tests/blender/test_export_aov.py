@@ -1,5 +1,6 @@
 """AOV injection (base colour / roughness / metallic) for the shader set-ups a user may have, each
-rendered on a plane filling a 16×16 frame, and the injection undone exactly."""
+rendered on a plane filling a 16×16 frame (values read by the engine from the render folder Blender
+wrote), and the injection undone exactly."""
 from __future__ import annotations
 
 import pytest
@@ -12,7 +13,7 @@ np = pytest.importorskip("numpy")
 from diffusion_renderer_addon.export import aov_injection  # noqa: E402
 from diffusion_renderer_addon.export.restore import ChangeLog  # noqa: E402
 
-TOL = 2e-3  # half precision
+TOL = 2e-3
 
 
 @pytest.fixture(autouse=True)
@@ -101,11 +102,18 @@ def test_nested_groups_and_a_group_shared_by_two_materials(tmp_path):
     check(S.export_centre(scene, tmp_path / "b"), (0.1, 0.9, 0.1), 0.45, 0.7)
 
 
+DIFFUSE_COLOUR = r"""
+import sys
+import numpy as np
+from engine.io.blender_exr import read_blender_passes
+p = read_blender_passes(sys.argv[1])
+np.save(sys.argv[2], np.asarray(p["diffuse_color"][..., :3], np.float32))
+"""
+
+
 def test_textured_base_colour_matches_the_diffuse_colour_pass(tmp_path):
     """A checker texture into Base Color: the AOV follows the texture exactly (Cycles' Diffuse Color
-    pass is base·(1 − metallic), here metallic 0)."""
-    from diffusion_renderer_addon.export.exr_io import read_exr
-
+    pass, rendered into the same EXR, is base·(1 − metallic), here metallic 0)."""
     mat, nt, out = S.new_material("m")
     p = S.principled(nt, (0, 0, 0), 0.5, 0.0)
     chk = nt.nodes.new("ShaderNodeTexChecker")
@@ -115,25 +123,15 @@ def test_textured_base_colour_matches_the_diffuse_colour_pass(tmp_path):
     nt.links.new(chk.outputs["Color"], p.inputs["Base Color"])
     nt.links.new(p.outputs[0], out.inputs["Surface"])
     scene = S.build_plane_scene(mat, size=32)
-    vl = scene.view_layers[0]
-    vl.use_pass_diffuse_color = True
-    from diffusion_renderer_addon.export import gbuffer_export
+    scene.view_layers[0].use_pass_diffuse_color = True  # the user's own pass: rendered along
+    from diffusion_renderer_addon.export import export_gbuffers
 
-    got = {}
-    real = gbuffer_export._split_frame
-
-    def spy(chans, *args, **kwargs):
-        got.update(chans)
-        return real(chans, *args, **kwargs)
-
-    import unittest.mock as um
-
-    with um.patch.object(gbuffer_export, "_split_frame", spy):
-        outdir = gbuffer_export.export_gbuffers(scene, tmp_path, passes=["basecolor"])
-    w, h, ch = read_exr(outdir / "basecolor" / "basecolor.0001.exr")
-    base = np.stack([np.frombuffer(ch[c], np.float32).reshape(h, w) for c in "RGB"], -1)
-    diff_keys = {c: k for k in got for c in "RGB" if k.endswith(("DiffCol." + c, "Diffuse Color." + c))}
-    diffcol = np.stack([np.frombuffer(got[diff_keys[c]], np.float32).reshape(h, w) for c in "RGB"], -1)
+    outdir = export_gbuffers(scene, tmp_path / "render")
+    planes, _info = S.render_passes(outdir)
+    base = planes["basecolor"][0]
+    S.run_engine(DIFFUSE_COLOUR, outdir / "frame_000001.exr", tmp_path / "diffcol.npy")
+    diffcol = np.load(tmp_path / "diffcol.npy")
+    assert diffcol.shape == base.shape == (32, 32, 3)
     c1, c2 = np.array([0.9, 0.2, 0.1]), np.array([0.1, 0.3, 0.8])
     is1 = np.abs(base - c1).max(-1) < TOL
     is2 = np.abs(base - c2).max(-1) < TOL

@@ -10,7 +10,7 @@ import bpy_scene as S
 from bpy_scene import bpy
 
 from diffusion_renderer_addon import compat  # noqa: E402
-from diffusion_renderer_addon.export.exr_io import read_exr, read_exr_header  # noqa: E402
+from exr_files import read_exr, read_exr_header  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -54,10 +54,9 @@ def test_file_output_writes_named_items(tmp_path):
     bpy.ops.render.render(animation=True)  # File Output nodes number their files when animating
     files = sorted(p for p in (tmp_path / "fo").rglob("*") if p.is_file())
     assert len(files) == 1 and files[0].name.endswith("0003.exr")
-    w, h, ch = read_exr(files[0])
-    assert (w, h) == (8, 4)
+    ch = read_exr(files[0])
     key = next(k for k in ch if k.endswith("colour.G"))
-    assert ch[key][0] == pytest.approx(0.5)
+    assert ch[key].shape == (4, 8) and ch[key][0, 0] == pytest.approx(0.5)
 
 
 def test_exr_formats_and_restore():
@@ -72,6 +71,13 @@ def test_exr_formats_and_restore():
     assert s.file_format == "PNG" and s.color_depth == "16"
     compat.set_image_format(s, "JPEG")
     assert s.file_format == "JPEG"
+    if "color_management" in s.bl_rna.properties:  # an output override would change an EXR's linear space
+        s.color_management = "OVERRIDE"
+        snap = compat.image_format(s)
+        compat.follow_scene_colour_management(s)
+        assert s.color_management == "FOLLOW_SCENE"
+        compat.restore_image_format(s, snap)
+        assert s.color_management == "OVERRIDE"
 
 
 def test_engine_ids():
@@ -135,7 +141,7 @@ def test_multilayer_exr_layer_names_map(tmp_path):
     bpy.ops.render.render(write_still=True)
     header = read_exr_header(tmp_path / "ml.exr")
     assert header["multipart"] == (compat.BLENDER_VERSION >= (5, 0, 0))
-    w, h, ch = read_exr(tmp_path / "ml.exr")
+    ch = read_exr(tmp_path / "ml.exr")
     layers = {k.rsplit(".", 1)[0].split(".", 1)[1] for k in ch}
     canon = {compat.canonical_pass(n) for n in layers}
     assert {"combined", "depth", "normal", "diffuse_color"} <= canon

@@ -17,7 +17,7 @@ np = pytest.importorskip("numpy")
 from diffusion_renderer_addon.export import (EnvExportError, describe_world_lighting, export_environment,  # noqa: E402
                                              render_world_equirect)
 from diffusion_renderer_addon.export.env_export import engine_rotation_from_mapping  # noqa: E402
-from diffusion_renderer_addon.export.exr_io import read_exr, write_exr  # noqa: E402
+from exr_files import read_exr, write_exr  # noqa: E402
 
 W, H = 64, 32
 
@@ -45,7 +45,7 @@ def rot_z(deg):
 def env_file(tmp_path):
     img = f_env(blender_dirs(H, W)).astype(np.float32)
     path = tmp_path / "env.exr"
-    write_exr(path, W, H, {c: img[..., i].ravel().tolist() for i, c in enumerate("RGB")}, dtype="float")
+    write_exr(path, {c: img[..., i] for i, c in enumerate("RGB")}, dtype="float")
     return path
 
 
@@ -76,8 +76,8 @@ def make_world(env_path=None, *, rotation_z=0.0, vector_type="POINT", strength=1
 
 
 def read_rgb(path):
-    w, h, ch = read_exr(path)
-    return np.stack([np.frombuffer(ch[c], np.float32).reshape(h, w) for c in "RGB"], -1)
+    ch = read_exr(path)
+    return np.stack([ch[c] for c in "RGB"], -1)
 
 
 def test_rotation_convention():

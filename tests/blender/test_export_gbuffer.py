@@ -1,11 +1,11 @@
-"""G-buffer export of the analytic scene (bpy_scene.build_export_scene): a 3-frame 64×64 Cycles render
-checked against the known materials and geometry, the set contract, the engine's reader, and the
-scene being left exactly as it was (also after a failure midway)."""
+"""G-buffer export of the analytic scene (bpy_scene.build_export_scene): a 3-frame 64×64 Cycles render into a
+Blender render folder (frame EXRs written by Blender + render.json), converted by the engine and checked
+against the known materials and geometry; forward's model inputs from the raw folder and from the converted
+set identical; the scene left exactly as it was (also after a failure or cancel midway)."""
 from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
@@ -14,81 +14,73 @@ from bpy_scene import bpy
 
 np = pytest.importorskip("numpy")
 
-from diffusion_renderer_addon.export import ExportError, export_gbuffers, start_export_gbuffers  # noqa: E402
+from diffusion_renderer_addon.contract import render_json  # noqa: E402
+from diffusion_renderer_addon.export import ExportError, export_gbuffers  # noqa: E402
 from diffusion_renderer_addon.export import gbuffer_export  # noqa: E402
-from diffusion_renderer_addon.export.exr_io import read_exr, read_exr_header  # noqa: E402
 
 FRAMES = [1, 2, 3]
 SIZE = 64
-PASS_CHANNELS = {"rgb": (["R", "G", "B"], "half"), "basecolor": (["R", "G", "B"], "half"),
-                 "normal": (["X", "Y", "Z"], "half"), "depth": (["V"], "float"), "roughness": (["V"], "half"),
-                 "metallic": (["V"], "half"), "alpha": (["V"], "half")}
-
-
-def load(folder, name, frame):
-    w, h, ch = read_exr(folder / name / f"{name}.{frame:04d}.exr")
-    chans = PASS_CHANNELS[name][0]
-    return np.stack([np.frombuffer(ch[c], dtype=np.float32).reshape(h, w) for c in chans], -1)
+PASS_CHANNELS = {"rgb": 3, "basecolor": 3, "normal": 3, "depth": 1, "roughness": 1, "metallic": 1, "alpha": 1}
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     scene = S.build_export_scene(frames=(1, 3), size=SIZE)
     before = S.fingerprint(scene)
-    out = tmp_path_factory.mktemp("gbuf") / "set"
-    result = export_gbuffers(scene, out, samples=1)
+    root = tmp_path_factory.mktemp("gbuf")
+    seen = []
+    result = export_gbuffers(scene, root / "render", samples=1, progress=lambda d, t, m: seen.append((d, t, m)))
     after = S.fingerprint(scene)
-    return {"scene": scene, "out": out, "result": result, "before": before, "after": after}
+    manifest, passes, warnings = S.convert_render(root / "render", root / "set")
+    return {"scene": scene, "out": root / "render", "set": root / "set", "result": result, "before": before,
+            "after": after, "manifest": manifest, "passes": passes, "warnings": warnings, "progress": seen}
 
 
 def test_scene_restored_exactly(exported):
     assert S.diff(exported["before"], exported["after"]) == []
 
 
-def test_set_layout_and_manifest(exported):
+def test_render_folder_and_render_json(exported):
     out = exported["out"]
     assert exported["result"] == out
-    m = json.loads((out / "manifest.json").read_text())
-    assert m["format"] == "diffusion-renderer/gbuffer-set" and m["version"] == 1 and m["kind"] == "gbuffer"
-    assert m["frame_numbers"] == FRAMES and m["resolution"] == [SIZE, SIZE] and m["fps"] == 24
-    assert set(m["passes"]) == set(PASS_CHANNELS)
-    for name, (chans, dtype) in PASS_CHANNELS.items():
-        entry = m["passes"][name]
-        assert entry["path"] == f"{name}/{name}.####.exr"
-        assert entry["channels"] == chans and entry["dtype"] == dtype
-    assert m["passes"]["depth"]["encoding"] == "depth-planar-metric"
-    assert m["alpha"] == "alpha"
-    assert m["depth"]["kind"] == "metric" and m["depth"]["invert"] is False
-    assert m["depth"]["range_rule"] == "clip-min-p98"
-    assert m["depth"]["near"] == pytest.approx(2.0 - 0.15, abs=1e-3)   # the cube's front face
-    assert m["depth"]["far"] == pytest.approx(S.PLANE_DEPTH, abs=1e-3)  # the plane (≥ 2 % of pixels)
-    prov = m["provenance"]
-    assert prov["producer"] == "blender" and prov["blender_version"] == bpy.app.version_string
-    assert prov["settings"]["samples"] == 1 and prov["created"].endswith("Z")
+    files = [out / f"frame_{f:06d}.exr" for f in FRAMES]
+    assert sorted(p.name for p in out.iterdir()) == sorted([p.name for p in files] + ["render.json"])
+    data = render_json.load(out)  # validates, and every frame's EXR is there
+    assert data["format"] == render_json.FORMAT and data["version"] == render_json.VERSION
+    assert data["frame_numbers"] == FRAMES and data["resolution"] == [SIZE, SIZE] and data["fps"] == 24
+    assert data["pattern"] == render_json.FRAME_PATTERN and data["view_layer"] == "ViewLayer"
+    assert data["aovs"] == {"basecolor": "basecolor", "roughness": "roughness", "metallic": "metallic"}
+    assert data["render_engine"] == "CYCLES" and data["samples"] == 1 and data["filter_width"] == 0.01
+    assert data["blender_version"] == bpy.app.version_string and data["created"].endswith("Z")
+    assert data["scene"] == exported["scene"].name and data["camera"] == "Camera" and data["source"] is None
+    assert data["colour_management"]["view_transform"] == exported["scene"].view_settings.view_transform
+    assert data["seconds"] > 0 and "notes" not in data  # every material of the scene was injected
     # cameras: per frame, the keyed translation along the camera's X
-    assert [c["frame"] for c in m["camera"]] == FRAMES
+    assert [c["frame"] for c in data["cameras"]] == FRAMES
     rot = np.array(S._rot())
-    for i, cam in enumerate(m["camera"]):
+    for i, cam in enumerate(data["cameras"]):
         mw = np.array(cam["matrix_world"])
         assert np.allclose(mw[:3, :3], rot, atol=1e-6)
-        expect = np.array(S.CAM_LOC) + rot[:, 0] * S.STEP * i
-        assert np.allclose(mw[:3, 3], expect, atol=1e-5)
+        assert np.allclose(mw[:3, 3], np.array(S.CAM_LOC) + rot[:, 0] * S.STEP * i, atol=1e-5)
         assert cam["lens_mm"] == 50.0 and cam["sensor_width_mm"] == 36.0 and cam["sensor_fit"] == "AUTO"
-        assert cam["clip_start"] == pytest.approx(0.1) and cam["clip_end"] == 100.0
-    # every listed file exists; the manifest was written last
-    files = [out / n / f"{n}.{f:04d}.exr" for n in PASS_CHANNELS for f in FRAMES]
-    assert all(p.is_file() for p in files)
-    assert os.path.getmtime(out / "manifest.json") >= max(os.path.getmtime(p) for p in files)
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+        assert cam["clip_start"] == pytest.approx(0.1) and cam["clip_end"] == 100.0 and cam["type"] == "PERSP"
+    # the frames are Blender's own multilayer EXRs (magic number, 32-bit float: depth needs it); render.json last
+    for p in files:
+        assert p.read_bytes()[:4] == b"\x76\x2f\x31\x01"
+    assert os.path.getmtime(out / "render.json") >= max(os.path.getmtime(p) for p in files)
+    assert exported["progress"][0] == (0, 3, "frame 1") and exported["progress"][-1][:2] == (3, 3)
 
 
-def test_channel_names_and_types_exact(exported):
-    for name, (chans, dtype) in PASS_CHANNELS.items():
-        for f in FRAMES:
-            h = read_exr_header(exported["out"] / name / f"{name}.{f:04d}.exr")
-            assert not h["multipart"] and (h["width"], h["height"]) == (SIZE, SIZE)
-            assert h["parts"][0]["channels"] == {c: dtype for c in chans}
-            assert h["parts"][0]["compression"] == "ZIP"
+def test_converted_set_manifest(exported):
+    m = exported["manifest"]
+    assert m["format"] == "diffusion-renderer/gbuffer-set" and m["kind"] == "gbuffer" and not exported["warnings"]
+    assert m["frame_numbers"] == FRAMES and m["resolution"] == [SIZE, SIZE] and m["fps"] == 24
+    assert set(m["passes"]) == set(PASS_CHANNELS) and m["alpha"] == "alpha"
+    assert m["depth"]["kind"] == "metric" and m["depth"]["range_rule"] == "clip-min-p98"
+    assert m["depth"]["near"] == pytest.approx(2.0 - 0.15, abs=1e-3)   # the cube's front face
+    assert m["depth"]["far"] == pytest.approx(S.PLANE_DEPTH, abs=1e-3)  # the plane (≥ 2 % of pixels)
+    assert m["provenance"]["producer"] == "blender"
+    assert m["camera"] == render_json.load(exported["out"])["cameras"]
 
 
 def _classes(depth, alpha):
@@ -99,14 +91,15 @@ def _classes(depth, alpha):
 
 @pytest.mark.parametrize("frame", FRAMES)
 def test_analytic_values(exported, frame):
-    out = exported["out"]
-    p = {n: load(out, n, frame) for n in PASS_CHANNELS}
+    i = FRAMES.index(frame)
+    p = {n: exported["passes"][n][i] for n in PASS_CHANNELS}
+    assert {n: v.shape for n, v in p.items()} == {n: (SIZE, SIZE, c) for n, c in PASS_CHANNELS.items()}
     alpha = p["alpha"][..., 0]
     classes = _classes(p["depth"], p["alpha"])
     for name, mask in classes.items():
         assert mask.sum() >= 8, f"{name}: only {mask.sum()} pixels found at frame {frame}"
         base, rough, metal, _ = S.EXPECTED[name]
-        # AOV values: exact up to half precision
+        # AOV values (the cube has no material: the defaults, filled by the engine): exact up to half precision
         assert np.abs(p["basecolor"][mask] - np.array(base)).max() < 1e-3, name
         assert np.abs(p["roughness"][mask][:, 0] - rough).max() < 1e-3, name
         assert np.abs(p["metallic"][mask][:, 0] - metal).max() < 1e-3, name
@@ -117,7 +110,7 @@ def test_analytic_values(exported, frame):
     assert bg.sum() > 100
     for key in ("basecolor", "roughness", "metallic", "normal", "rgb"):
         assert np.abs(p[key][bg]).max() == 0.0, key
-    assert (p["depth"][bg] >= 1e9).all()
+    assert (p["depth"][bg] == 1e10).all()
     assert set(np.unique(alpha)) <= {0.0, 1.0}  # narrow pixel filter: no partial coverage
     # planar depth: the plane (tilted far from the image centre) is exactly 5 everywhere
     assert np.abs(p["depth"][classes["plane"]] - S.PLANE_DEPTH).max() < 1e-4
@@ -125,12 +118,11 @@ def test_analytic_values(exported, frame):
     assert cube_front.sum() >= 8 and np.abs(p["depth"][cube_front] - 1.85).max() < 1e-4
     # normals: unit camera-space vectors facing the camera; the plane and the cube face → (0, 0, 1)
     n = p["normal"]
-    length = np.linalg.norm(n[covered], axis=-1)
-    assert np.abs(length - 1).max() < 2e-3
+    assert np.abs(np.linalg.norm(n[covered], axis=-1) - 1).max() < 2e-3
     for flat in (classes["plane"], cube_front):
         assert np.abs(n[flat] - np.array([0, 0, 1.0])).max() < 2e-3
     # the spheres: compare with the analytic sphere normal through each pixel's depth
-    off = S.camera_centre_offset(FRAMES.index(frame))
+    off = S.camera_centre_offset(i)
     ii, jj = np.mgrid[0:SIZE, 0:SIZE]
     x_ndc = ((jj + 0.5) / SIZE * 2 - 1) * S.HALF_FOV
     y_ndc = (1 - (ii + 0.5) / SIZE * 2) * S.HALF_FOV
@@ -138,54 +130,52 @@ def test_analytic_values(exported, frame):
     pos = np.stack([x_ndc * d, y_ndc * d, -d], -1)
     assert ((n * -pos).sum(-1)[covered] > -1e-3).all()  # every visible normal faces the camera
     for name in ("sphere_group", "sphere_diffuse"):
-        centre = np.array(S.OBJECTS[name][0]) - np.array(off)
-        expect = pos - centre
+        expect = pos - (np.array(S.OBJECTS[name][0]) - np.array(off))
         expect /= np.linalg.norm(expect, axis=-1, keepdims=True)
         dots = (expect[classes[name]] * n[classes[name]]).sum(-1)
         assert np.median(dots) > 0.999 and dots.min() > 0.98, name
+    # the linear render: finite, lit where covered
+    assert np.isfinite(p["rgb"]).all() and (p["rgb"][covered] > 0).any()
 
 
-def test_rgb_is_linear_render(exported):
-    rgb = load(exported["out"], "rgb", 1)
-    alpha = load(exported["out"], "alpha", 1)[..., 0]
-    assert np.isfinite(rgb).all() and (rgb[alpha > 0] > 0).any()
-
-
-def test_engine_reader_opens_the_set(exported):
-    code = r"""
+FORWARD_INPUTS = r"""
 import json, sys
 import numpy as np
-from engine.gbuffer import open_gbuffer_set, to_model_inputs
-from engine.io.exr import read_exr_header
-s = open_gbuffer_set(sys.argv[1])
-frames = s.read_frames()
-inp = to_model_inputs(frames, s.manifest)
-hdr = {n: read_exr_header(s.path(n, 1))["channels"] for n in s.passes}
-print(json.dumps({"passes": s.passes, "frames": s.frame_numbers, "warnings": s.warnings,
-  "shapes": {k: list(v.shape) for k, v in frames.items()},
-  "model": {k: [list(v.shape), float(v.min()), float(v.max())] for k, v in inp.items()},
-  "headers": hdr, "depth_range": list(s.manifest.depth_range),
-  "plane_base": frames["basecolor"][0, 32, 32].tolist(), "plane_depth": float(frames["depth"][0, 32, 32, 0])}))
+from engine.jobs.gbuffer_inputs import load_gbuffer_clips
+raw, = load_gbuffer_clips(sys.argv[1])
+conv, = load_gbuffer_clips(sys.argv[2])
+print(json.dumps({"layouts": [raw.layout, conv.layout], "frames": [raw.frame_numbers, conv.frame_numbers],
+  "fps": [raw.fps, conv.fps], "cameras_equal": raw.cameras == conv.cameras, "keys": sorted(raw.inputs),
+  "entries_equal": raw.camera_entries == conv.camera_entries, "warnings": raw.warnings + conv.warnings,
+  "identical": {k: bool(np.array_equal(raw.inputs[k], conv.inputs[k])) for k in raw.inputs},
+  "same_keys": sorted(raw.inputs) == sorted(conv.inputs),
+  "model": {k: [list(v.shape), float(v.min()), float(v.max())] for k, v in raw.inputs.items()},
+  "plane_base": raw.inputs["basecolor"][0, 32, 32].tolist()}))
 """
-    r = json.loads(S.run_engine(code, exported["out"]))
-    assert r["frames"] == FRAMES and not r["warnings"]
-    assert set(r["passes"]) == set(PASS_CHANNELS)
-    for name, (chans, dtype) in PASS_CHANNELS.items():
-        assert r["headers"][name] == {c: dtype for c in chans}
-        assert r["shapes"][name] == [3, SIZE, SIZE, len(chans)]
-    assert set(r["model"]) == set(PASS_CHANNELS) - {"alpha"}
+
+
+def test_forward_inputs_from_the_raw_render_equal_the_converted_set(exported):
+    """forward on the raw Blender EXRs and forward on the converted set see identical model inputs."""
+    r = json.loads(S.run_engine(FORWARD_INPUTS, exported["out"], exported["set"]))
+    assert r["same_keys"] and set(r["keys"]) >= {"basecolor", "normal", "depth", "roughness", "metallic"}
+    assert r["identical"] == {k: True for k in r["keys"]}
+    assert r["frames"] == [FRAMES, FRAMES] and r["fps"] == [24.0, 24.0] and not r["warnings"]
+    assert r["cameras_equal"] and r["entries_equal"] and r["layouts"][1] == "gbuffer-set"
     for name, (shape, lo, hi) in r["model"].items():
         assert shape == [3, SIZE, SIZE, 3] and 0.0 <= lo <= hi <= 1.0, name
-    assert r["plane_depth"] == pytest.approx(S.PLANE_DEPTH, abs=1e-4)
-    assert r["plane_base"] == pytest.approx([0.8, 0.2, 0.1], abs=1e-3)
+    assert r["plane_base"] != [0.8, 0.2, 0.1]  # model encoding (sRGB), not the linear value
 
 
 # ------------------------------------------------------------------------------------------ failures
+def _partial_files(folder):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")] if folder.is_dir() else []
+
+
 def test_failure_midway_restores_everything(tmp_path, monkeypatch):
     scene = S.build_export_scene(frames=(1, 3), size=32)
     before = S.fingerprint(scene)
     calls = {"n": 0}
-    real = gbuffer_export._split_frame
+    real = gbuffer_export._render_frame
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -193,13 +183,35 @@ def test_failure_midway_restores_everything(tmp_path, monkeypatch):
             raise RuntimeError("injected failure")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gbuffer_export, "_split_frame", failing)
-    out = tmp_path / "set"
+    monkeypatch.setattr(gbuffer_export, "_render_frame", failing)
+    out = tmp_path / "render"
     with pytest.raises(RuntimeError, match="injected failure"):
         export_gbuffers(scene, out)
     assert S.diff(before, S.fingerprint(scene)) == []
-    assert not (out / "manifest.json").exists()  # incomplete set: no manifest
-    assert (out / "rgb" / "rgb.0001.exr").is_file()
+    assert not (out / "render.json").exists()  # incomplete: no render.json
+    assert (out / "frame_000001.exr").is_file() and not (out / "frame_000002.exr").exists()
+    assert _partial_files(out) == []
+    assert not [i for i in bpy.data.images if i.type == "RENDER_RESULT"]  # the file had none
+
+
+def test_cancel_removes_the_previous_render_json_and_restores(tmp_path):
+    scene = S.build_export_scene(frames=(1, 3), size=16)
+    out = export_gbuffers(scene, tmp_path / "render")
+    before = S.fingerprint(scene)
+
+    class Cancelled(Exception):
+        pass
+
+    def progress(done, total, message):
+        if done == 1:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        export_gbuffers(scene, out, overwrite=True, progress=progress)
+    assert S.diff(before, S.fingerprint(scene)) == []
+    assert not (out / "render.json").exists()
+    with pytest.raises(render_json.RenderJsonError, match="incomplete"):
+        render_json.load(out)
 
 
 def test_failure_during_injection_restores(tmp_path, monkeypatch):
@@ -218,70 +230,88 @@ def test_failure_during_injection_restores(tmp_path, monkeypatch):
 
     monkeypatch.setattr(aov_injection._Injector, "material", failing)
     with pytest.raises(RuntimeError, match="injection"):
-        export_gbuffers(scene, tmp_path / "set")
+        export_gbuffers(scene, tmp_path / "render")
     assert calls["n"] == 3
     assert S.diff(before, S.fingerprint(scene)) == []
-    assert not (tmp_path / "set").exists()
+    assert not (tmp_path / "render").exists()
 
 
 def test_render_failure_is_an_export_error_and_restores(tmp_path, monkeypatch):
     scene = S.build_export_scene(frames=(1, 2), size=16)
     before = S.fingerprint(scene)
+
     class FakeRender:  # bpy.ops.render.render returning CANCELLED without writing a file
         @staticmethod
         def render(**kw):
             return {"CANCELLED"}
 
     monkeypatch.setattr(bpy.ops, "render", FakeRender, raising=False)
-    with pytest.raises(ExportError, match="rendering frame 1 failed"):
-        export_gbuffers(scene, tmp_path / "set")
+    with pytest.raises(ExportError, match="rendering frame 1 failed .*frame_000001.exr"):
+        export_gbuffers(scene, tmp_path / "render")
     monkeypatch.undo()
     assert S.diff(before, S.fingerprint(scene)) == []
+    assert not (tmp_path / "render" / "render.json").exists()
 
 
 # ------------------------------------------------------------------------------------------ options
-def test_frame_selection_resolution_and_passes(tmp_path):
+def test_frame_selection_and_resolution(tmp_path):
     scene = S.build_export_scene(frames=(1, 3), size=64)
-    out = export_gbuffers(scene, tmp_path / "a", frame_range=[1, 3], resolution=(32, 24),
-                          passes=["basecolor", "depth"])
-    m = json.loads((out / "manifest.json").read_text())
-    assert m["frame_numbers"] == [1, 3] and m["resolution"] == [32, 24]
-    assert set(m["passes"]) == {"basecolor", "depth"} and "alpha" not in m
-    assert load(out, "depth", 3).shape == (24, 32, 1)
-    assert not (out / "basecolor" / "basecolor.0002.exr").exists()
-    out = export_gbuffers(scene, tmp_path / "b", frame_range=(2, 3), passes=["normal"])
-    assert json.loads((out / "manifest.json").read_text())["frame_numbers"] == [2, 3]
+    out = export_gbuffers(scene, tmp_path / "a", frame_range=[1, 3], resolution=(32, 24))
+    data = render_json.load(out)
+    assert data["frame_numbers"] == [1, 3] and data["resolution"] == [32, 24]
+    assert [c["frame"] for c in data["cameras"]] == [1, 3]
+    assert not (out / "frame_000002.exr").exists()
+    passes, info = S.render_passes(out)
+    assert passes["depth"].shape == (2, 24, 32, 1) and info["frame_numbers"] == [1, 3]
+    out = export_gbuffers(scene, tmp_path / "b", frame_range=(2, 3))
+    assert render_json.load(out)["frame_numbers"] == [2, 3]
     assert scene.render.resolution_x == 64 and scene.frame_current == 1
 
 
 def test_big_frame_numbers_and_errors(tmp_path):
     scene = S.build_export_scene(frames=(1, 1), size=16)
-    out = export_gbuffers(scene, tmp_path / "a", frame_range=[12345], passes=["alpha"])
-    assert (out / "alpha" / "alpha.12345.exr").is_file()
+    out = export_gbuffers(scene, tmp_path / "a", frame_range=[12345])
+    assert (out / "frame_012345.exr").is_file() and render_json.load(out)["frame_numbers"] == [12345]
     with pytest.raises(ExportError, match="non-negative"):
         export_gbuffers(scene, tmp_path / "b", frame_range=(-2, 1))
-    with pytest.raises(ExportError, match="unknown pass"):
-        export_gbuffers(scene, tmp_path / "b", passes=["albedo"])
-    with pytest.raises(ExportError, match="cannot render G-buffers"):
+    with pytest.raises(ExportError, match="end is before the start"):
+        export_gbuffers(scene, tmp_path / "b", frame_range=(3, 1))
+    with pytest.raises(ExportError, match="cannot render G-buffers; choose Cycles or EEVEE"):
         export_gbuffers(scene, tmp_path / "b", engine="BLENDER_WORKBENCH")
+    with pytest.raises(ExportError, match="no view layer 'nope'"):
+        export_gbuffers(scene, tmp_path / "b", view_layer="nope")
     cam = scene.camera
     scene.camera = None
     with pytest.raises(ExportError, match="no active camera"):
         export_gbuffers(scene, tmp_path / "b")
     scene.camera = cam
+    assert not (tmp_path / "b" / "render.json").exists()
 
 
-def test_refuses_a_different_set_unless_overwrite(tmp_path):
+def test_refuses_a_different_clip_unless_overwrite(tmp_path):
     scene = S.build_export_scene(frames=(1, 1), size=16)
-    out = tmp_path / "set"
+    out = tmp_path / "render"
     out.mkdir()
-    (out / "manifest.json").write_text(json.dumps({"format": "diffusion-renderer/gbuffer-set", "version": 1,
-                                                   "provenance": {"producer": "inverse-model",
-                                                                  "source": "/elsewhere/clip.mp4"}}))
-    with pytest.raises(ExportError, match="different clip"):
-        export_gbuffers(scene, out, passes=["alpha"])
-    export_gbuffers(scene, out, passes=["alpha"], overwrite=True)
-    assert json.loads((out / "manifest.json").read_text())["provenance"]["producer"] == "blender"
+    other = render_json.new(frames=[5], fps=24, resolution=[16, 16], view_layer="ViewLayer",
+                            aovs={k: k for k in render_json.AOV_KEYS}, cameras=[{"frame": 5, "matrix_world": [
+                                [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}], source="/elsewhere/shot.blend")
+    render_json.write(out, other)
+    with pytest.raises(ExportError, match="different clip .*/elsewhere/shot.blend.*overwrite"):
+        export_gbuffers(scene, out)
+    assert render_json.dumps(json.loads((out / "render.json").read_text())) == render_json.dumps(other)  # untouched
+    export_gbuffers(scene, out, overwrite=True)
+    assert json.loads((out / "render.json").read_text())["frame_numbers"] == [1]
+    # the same clip again (same source, frames and size): no overwrite needed
+    export_gbuffers(scene, out, source="/here/shot.blend", overwrite=True)
+    export_gbuffers(scene, out, source="/here/shot.blend")
+    # a G-buffer set is never mixed with a render
+    gset = tmp_path / "set"
+    gset.mkdir()
+    (gset / "manifest.json").write_text("{}")
+    for ow in (False, True):
+        with pytest.raises(ExportError, match="holds a G-buffer set"):
+            export_gbuffers(scene, gset, overwrite=ow)
+    assert sorted(p.name for p in gset.iterdir()) == ["manifest.json"]
 
 
 def test_user_aov_named_basecolor_is_not_reused(tmp_path):
@@ -289,64 +319,37 @@ def test_user_aov_named_basecolor_is_not_reused(tmp_path):
     a = scene.view_layers[0].aovs.add()
     a.name, a.type = "basecolor", "COLOR"
     before = S.fingerprint(scene)
-    out = export_gbuffers(scene, tmp_path / "set", passes=["basecolor", "alpha", "depth"])
-    m = json.loads((out / "manifest.json").read_text())
-    assert m["provenance"]["settings"]["aovs"]["basecolor"] == "DR_basecolor"
-    p = {n: load(out, n, 1) for n in ("basecolor", "alpha", "depth")}
-    cls = _classes(p["depth"], p["alpha"])
-    assert np.abs(p["basecolor"][cls["plane"]] - np.array([0.8, 0.2, 0.1])).max() < 1e-3
+    out = export_gbuffers(scene, tmp_path / "render")
+    assert render_json.load(out)["aovs"]["basecolor"] == "DR_basecolor"
+    p, _info = S.render_passes(out)
+    cls = _classes(p["depth"][0], p["alpha"][0])
+    assert np.abs(p["basecolor"][0][cls["plane"]] - np.array([0.8, 0.2, 0.1])).max() < 1e-3
     assert S.diff(before, S.fingerprint(scene)) == []
 
 
-# ------------------------------------------------------------------------------------------ background path
-def test_background_blender_path_with_a_stand_in_binary(tmp_path):
-    """The background path (save a copy, run ``blender -b copy --python runner -- job``) with a stand-in
-    'blender' that runs this interpreter's bpy; the real binary is absent in the module build."""
-    import sys
-
-    scene = S.build_export_scene(frames=(1, 2), size=16)
+def test_output_colour_management_override_is_not_used(tmp_path):
+    """An output colour-management override would change the EXR's linear space: the export follows the
+    scene, and restores the override."""
+    scene = S.build_export_scene(frames=(1, 1), size=16)
+    settings = scene.render.image_settings
+    if "color_management" not in settings.bl_rna.properties:
+        pytest.skip("no output colour management override in this Blender")
+    settings.color_management = "OVERRIDE"
     before = S.fingerprint(scene)
-    fake = tmp_path / "blender"
-    fake.write_text(f"""#!{sys.executable}
-import sys, runpy
-args = sys.argv[1:]
-blend = args[args.index('-b') + 1]
-script = args[args.index('--python') + 1]
-import bpy
-bpy.ops.wm.open_mainfile(filepath=blend)
-sys.argv = ['blender'] + args
-runpy.run_path(script, run_name='__main__')
-""")
-    fake.chmod(0o755)
-    seen = []
-    out = export_gbuffers(scene, tmp_path / "set", background=True, blender_binary=str(fake),
-                          progress=lambda d, t, msg: seen.append((d, t)), timeout=300)
-    m = json.loads((out / "manifest.json").read_text())
-    assert m["frame_numbers"] == [1, 2] and m["provenance"]["producer"] == "blender"
-    assert seen and seen[-1] == (2, 2)
+    seen = {}
+    real = gbuffer_export._render_frame
+
+    def spy(scn, *args):
+        seen["cm"] = scn.render.image_settings.color_management
+        return real(scn, *args)
+
+    gbuffer_export._render_frame = spy
+    try:
+        export_gbuffers(scene, tmp_path / "render")
+    finally:
+        gbuffer_export._render_frame = real
+    assert seen["cm"] == "FOLLOW_SCENE" and settings.color_management == "OVERRIDE"
     assert S.diff(before, S.fingerprint(scene)) == []
-    # the pollable job (what a modal operator uses): poll until finished, then the result
-    job = start_export_gbuffers(scene, tmp_path / "polled", blender_binary=str(fake), frame_range=[2])
-    states = []
-    deadline = time.monotonic() + 300
-    while not job.finished and time.monotonic() < deadline:
-        states.append(job.poll())
-        time.sleep(0.05)
-    assert job.result() == tmp_path / "polled" and job.poll()[:2] == (1, 1)
-    assert states[0][2] == "starting Blender"
-    # cancelled at once: no manifest, a clear error
-    job = start_export_gbuffers(scene, tmp_path / "cancelled", blender_binary=str(fake))
-    job.cancel()
-    assert job.finished
-    with pytest.raises(ExportError, match="cancelled"):
-        job.result()
-    assert not (tmp_path / "cancelled" / "manifest.json").exists()
-    assert S.diff(before, S.fingerprint(scene)) == []
-    # a failure inside the background Blender is reported with its message
-    with pytest.raises(ExportError, match="background export failed"):
-        export_gbuffers(scene, tmp_path / "set2", background=True, blender_binary=str(fake), engine="BLENDER_WORKBENCH")
-    with pytest.raises(ExportError, match="no Blender executable"):
-        export_gbuffers(scene, tmp_path / "set3", background=True, blender_binary="")
 
 
 @pytest.mark.skipif(not os.environ.get("DR_TEST_EEVEE"), reason="EEVEE renders through software GL here "
@@ -354,11 +357,11 @@ runpy.run_path(script, run_name='__main__')
 def test_eevee_export(tmp_path):
     scene = S.build_export_scene(frames=(1, 1), size=32)
     before = S.fingerprint(scene)
-    out = export_gbuffers(scene, tmp_path / "set", engine="EEVEE")
+    out = export_gbuffers(scene, tmp_path / "render", engine="EEVEE")
     assert S.diff(before, S.fingerprint(scene)) == []
-    m = json.loads((out / "manifest.json").read_text())
-    assert m["provenance"]["settings"]["render_engine"] in ("BLENDER_EEVEE", "BLENDER_EEVEE_NEXT")
-    p = {n: load(out, n, 1) for n in PASS_CHANNELS}
+    assert render_json.load(out)["render_engine"] in ("BLENDER_EEVEE", "BLENDER_EEVEE_NEXT")
+    _m, p, _w = S.convert_render(out, tmp_path / "set")
+    p = {k: v[0] for k, v in p.items()}
     bg = p["alpha"][..., 0] == 0
     assert bg.any() and (p["depth"][bg] == 1e10).all()  # EEVEE's clip_end background recorded as 1e10
     plane = (np.abs(p["depth"][..., 0] - S.PLANE_DEPTH) < 1e-3) & (p["alpha"][..., 0] > 0.99)
