@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from engine import __version__
-from engine.cli_options import OptionError, add_job_arguments, check_params, params_from_args
+from engine.cli_options import add_job_arguments, check_params, params_from_args
 from engine.contract.params import default
+from engine.errors import UserError  # noqa: F401  (engine.cli.UserError: its historical home)
 
 log = logging.getLogger("engine")
 JOB_COMMANDS = {
@@ -17,10 +18,6 @@ JOB_COMMANDS = {
     "forward": "render G-buffers under HDR environment maps (one relit set per HDRI)",
     "gbuffers": "convert a Blender render folder (multilayer EXRs + render.json) into a G-buffer set",
 }
-
-
-class UserError(Exception):
-    """An error caused by the user's input or settings: printed as one line, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="print versions, devices and locally available models as JSON")
 
-    from engine.perf.bench_cli import add_bench_arguments, add_estimate_arguments
+    from engine.jobs.estimate_cli import add_estimate_arguments
+    from engine.perf.bench_cli import add_bench_arguments
 
     add_bench_arguments(sub.add_parser("bench", help="speed, memory and FLOPs on random-weight models against the "
                                                      "reference's call pattern (docs/PERFORMANCE.md)"))
@@ -91,22 +89,15 @@ def _framing_note(framing) -> str:
 def cmd_job(args) -> int:
     """inverse / forward / gbuffers: options → the protocol's params → the same checks and settings as a
     submit from the add-on (engine/jobs/settings.py)."""
-    from engine.jobs.common import JobError
     from engine.jobs.settings import build_settings
 
     kind = args.command
-    try:
-        params = params_from_args(kind, args)
-    except OptionError as exc:
-        raise UserError(str(exc)) from None
+    params = params_from_args(kind, args)           # OptionError names the option
     problems = check_params(kind, params)
     if problems:
         raise UserError(problems[0])
-    try:
-        built = build_settings(kind, params)
-        summary = built.run(*built.inputs, built.settings, show_progress=sys.stderr.isatty() or args.verbose)
-    except JobError as exc:
-        raise UserError(str(exc)) from None
+    built = build_settings(kind, params)
+    summary = built.run(*built.inputs, built.settings, show_progress=sys.stderr.isatty() or args.verbose)
     _report(summary, args.json, kind)
     return 0
 
@@ -126,7 +117,7 @@ def cmd_conformance(args) -> int:
     try:
         _, failed = conformance.run(args.golden, only=args.only)
     except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(str(exc)) from exc
     return 1 if failed else 0
 
 
@@ -157,10 +148,14 @@ def main(argv=None) -> int:
             from engine.server.serve import main as serve_main
 
             return serve_main(args)
-        if args.command in ("bench", "estimate"):
-            from engine.perf import bench_cli
+        if args.command == "bench":
+            from engine.perf.bench_cli import cmd_bench
 
-            return getattr(bench_cli, f"cmd_{args.command}")(args)
+            return cmd_bench(args)
+        if args.command == "estimate":
+            from engine.jobs.estimate_cli import cmd_estimate
+
+            return cmd_estimate(args)
         if args.command == "download":
             from engine.hub import run_download
 

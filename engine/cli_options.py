@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from engine.contract import params as P
+from engine.errors import UserError
 
 _TYPES = {"int": int, "num": float, "str": str}
 
@@ -45,7 +46,7 @@ def add_job_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
                                 help=_help(p, kind))
 
 
-class OptionError(ValueError):
+class OptionError(UserError, ValueError):
     """A command-line option that cannot become its parameter; the message names the option."""
 
 
@@ -55,6 +56,17 @@ def _range(p: P.Param, text: str) -> list:
     except ValueError:
         raise OptionError(f"{p.flag} {text!r}: expected {p.metavar or 'FIRST:LAST'}, e.g. 1001:1048") from None
     return [a, b]
+
+
+def _ramp(p: P.Param, text: str):
+    """'1.2' → 1.2; '1.0:3.0' → [1.0, 3.0] (a value ramped over the frames)."""
+    try:
+        values = [float(v) for v in text.split(":")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2):
+        raise OptionError(f"{p.flag} {text!r}: expected {p.metavar or 'A[:B]'}, e.g. 1.2 or 1.0:3.0")
+    return values[0] if len(values) == 1 else values
 
 
 def _list(p: P.Param, text: str) -> list:
@@ -87,6 +99,8 @@ def params_from_args(kind: str, args: argparse.Namespace) -> dict:
             out[p.name] = _list(p, value)
         elif p.cli == "range":
             out[p.name] = _range(p, value)
+        elif p.cli == "ramp":
+            out[p.name] = _ramp(p, value)
         elif p.cli == "append":
             out[p.name] = [str(v) for v in value]
         else:
@@ -98,3 +112,12 @@ def check_params(kind: str, params: dict) -> list:
     """The protocol's checks, each problem naming the command-line option (``--overlap must be …``)."""
     table = P.for_kind(kind)
     return P.problems(kind, params, label=lambda n: table[n].flag if n in table else n)
+
+
+def size_argument(text: str) -> tuple[int, int]:
+    """argparse ``type=`` for a 'WxH' option of the bench and estimate commands → (W, H)."""
+    try:
+        return P.parse_size(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT with positive sides (e.g. 512x512), got {text!r}") \
+            from None

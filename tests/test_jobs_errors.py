@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from engine.cli import main
-from engine.frames_io import write_png
+from engine.io.images import write_png
 
 
 @pytest.fixture()
@@ -147,3 +147,15 @@ def test_forward_writes_relit_set(ckpts, out, ref_pngs, hdri, capsys):
     assert code == 0
     assert sorted(p.name for p in (out / "sky" / "relit").iterdir()) == ["relit.0001.exr", "relit.0002.exr"]
     assert (out / "keep.txt").read_text() == "artist notes"
+
+
+def test_device_or_file_where_a_folder_or_file_belongs(ckpts, out, ref_pngs, hdri, tmp_path, capsys):
+    """A character device as the HDRI, a file as the output folder or the model: one line naming it."""
+    if not __import__("os").path.exists("/dev/zero"):
+        pytest.skip("needs a character device")
+    _assert_one_line(*_run(capsys, _fwd(ckpts, ref_pngs, out, "/dev/zero")), "not a regular file or folder", out)
+    blocker = out / "keep.txt"
+    _assert_one_line(*_run(capsys, _fwd(ckpts, ref_pngs, blocker, hdri)), "is an existing file", out)
+    argv = _fwd(ckpts, ref_pngs, out, hdri)
+    argv[argv.index("--model") + 1] = str(blocker)
+    _assert_one_line(*_run(capsys, argv), "not a checkpoint folder", out)

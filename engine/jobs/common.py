@@ -18,6 +18,7 @@ import torch
 
 from engine.atomic import atomic_write
 from engine.contract.params import default as _default
+from engine.errors import UserError
 
 CACHE_DIR = ".dr-resume"
 
@@ -37,7 +38,7 @@ class JobSettings:
     dtype: str = _default("dtype")
     decode_chunk: int = _default("decode_chunk")
     decode_overlap: int = _default("decode_overlap")
-    memory: str = _default("memory")                   # default | low-vram | minimal (engine/perf/memory.py)
+    memory: str = _default("memory")                   # default | low-vram | minimal (engine/pipelines/memory.py)
     blend: str = _default("blend")
     windows_per_segment: int = _default("windows_per_segment")
     overwrite: bool = _default("overwrite")
@@ -46,8 +47,8 @@ class JobSettings:
     fit: str = _default("fit")                   # pad | crop | stretch: the input's aspect in the processing size
 
 
-class JobError(Exception):
-    """A job cannot run as asked; the message names the file or setting and the fix."""
+class JobError(UserError):
+    """A job cannot run as asked; the message names the file or setting and the fix (engine/errors.py)."""
 
 
 def parse_resolution(text: Optional[str], multiple: int = 64) -> Optional[tuple[int, int]]:
@@ -165,6 +166,7 @@ class Progress:
     desc: str
     listener: Optional[callable] = None
     enabled: bool = True
+    extra: dict = field(default_factory=dict)    # sent with every report, e.g. {"light": 2, "lights": 3}
     done: int = 0
     started: float = field(default_factory=time.monotonic)
 
@@ -180,7 +182,14 @@ class Progress:
         if self.listener is not None:
             elapsed = time.monotonic() - self.started
             eta = elapsed / self.done * (self.total - self.done) if self.done else None
-            self.listener({"stage": stage, "chunk": chunk, "step": self.done, "total": self.total, "eta_s": eta})
+            self.listener({"stage": stage, "chunk": chunk, "step": self.done, "total": self.total, "eta_s": eta,
+                           **self.extra})
+
+    def stage(self, stage: str) -> None:
+        """Report a stage without a step of its own (``"write"``: the denoising is over, the files are being
+        decoded and written)."""
+        if self.listener is not None:
+            self.listener({"stage": stage, "step": self.done, "total": self.total, "eta_s": None, **self.extra})
 
     def close(self) -> None:
         self.bar.close()
@@ -188,27 +197,19 @@ class Progress:
 
 def load_renderer(kind: str, settings) -> tuple[object, float]:
     """Load the inverse/forward renderer a job's settings ask for; returns (renderer, seconds)."""
-    from engine.pipelines import ForwardRenderer, InverseRenderer
+    from engine.pipelines.loading import load_renderer as load
 
-    from engine.perf.memory import apply_memory_mode
-
-    cls = InverseRenderer if kind == "inverse" else ForwardRenderer
     t0 = time.monotonic()
-    renderer = cls.from_pretrained(settings.model, revision=settings.revision, device=settings.device,
-                                   dtype=settings.dtype, allow_download=True)
-    apply_memory_mode(renderer.c, settings.memory)
+    renderer = load(kind, settings.model, revision=settings.revision, device=settings.device, dtype=settings.dtype,
+                    memory=settings.memory, allow_download=True)
     return renderer, time.monotonic() - t0
 
 
 def decode_settings(settings) -> tuple[int, int]:
     """(decode_chunk, decode_overlap) of a job: its own, capped by its memory mode's."""
-    from engine.perf.memory import memory_plan
+    from engine.pipelines.memory import memory_plan
 
-    plan = memory_plan(settings.memory)
-    chunk = min(settings.decode_chunk, plan.decode_chunk) if plan.decode_chunk else settings.decode_chunk
-    overlap = settings.decode_overlap if plan.decode_overlap is None else min(settings.decode_overlap,
-                                                                              plan.decode_overlap)
-    return chunk, min(overlap, max(0, chunk - 1))
+    return memory_plan(settings.memory).decode(settings.decode_chunk, settings.decode_overlap)
 
 
 def job_summary(kind: str, input_path, out, t0: float, load_seconds: float, results) -> dict:

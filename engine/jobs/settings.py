@@ -92,13 +92,44 @@ def build_settings(kind: str, params: dict, base_dir=None, *, default_out=None) 
     out = _path(params.get("out"), base_dir) or (Path(default_out) if default_out is not None else None)
     if out is None:
         raise JobError("--out: required (the output folder)")
+    if out.exists() and not out.is_dir():
+        raise JobError(f"output folder {out} is an existing file, not a folder; choose a folder for the output")
     main = "gbuffers" if kind == "forward" else "input"
     src = _path(params.get(main), base_dir)
     if src is None or not (src.exists() or _is_sequence_pattern(kind, src)):
         raise JobError(f"{src}: {_MISSING[kind]}")
+    _check_file_or_folder(src, "input", "a video file or a folder of frames" if kind == "inverse" else "a folder")
+    if "model" in names:
+        _check_model(settings.model)
+        from engine.jobs.memory_check import check_memory
+
+        check_memory(kind, settings)          # before any model is loaded (a cached prediction)
     if kind == "forward":
-        return BuiltJob(settings, run, (src, [_path(h, base_dir) for h in params["hdri"]], out))
+        hdris = [_path(h, base_dir) for h in params["hdri"]]
+        for h in hdris:
+            if h.exists():
+                _check_file_or_folder(h, "environment map", "a .hdr or .exr file")
+        return BuiltJob(settings, run, (src, hdris, out))
     return BuiltJob(settings, run, (src, out))
+
+
+def _check_file_or_folder(path: Path, what: str, fix: str) -> None:
+    """Refuse a character device, pipe or socket (``/dev/zero``) where a file or folder is read."""
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        from engine.jobs.common import JobError
+
+        raise JobError(f"{what} {path} is not a regular file or folder (a device, pipe or socket); choose {fix}")
+
+
+def _check_model(model: str) -> None:
+    """A model that names a path must be a checkpoint folder (a published name is looked up later)."""
+    from engine.jobs.common import JobError
+    from engine.model_registry import PUBLISHED_MODELS
+
+    path = Path(str(model)).expanduser()
+    if str(model) not in PUBLISHED_MODELS and path.exists() and not path.is_dir():
+        raise JobError(f"model {path} is a file, not a checkpoint folder; choose the folder holding unet/, vae/ … "
+                       "(its parent?) or a published model name (inverse, forward, forward-objaverse)")
 
 
 def _is_sequence_pattern(kind: str, src: Path) -> bool:
