@@ -9,7 +9,6 @@ tolerances. Nothing here is specific to one golden set.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+
+from engine.conformance_settings import UnsupportedSetting, check_top_level, resolve_run
 
 # (atol, rtol) per recorded tensor, from the golden README §5 ("suggested acceptance thresholds")
 TOLERANCES = {
@@ -75,14 +76,6 @@ def _load_tensors(path: Path) -> dict:
     return load_file(str(path))
 
 
-def _overrides(args: dict) -> dict:
-    out = {}
-    for item in args.get("cli_overrides", []):
-        key, _, value = item.partition("=")
-        out[key.strip()] = value.strip()
-    return out
-
-
 def _golden_path(value: str, root: Path, fallback: Path) -> Path:
     """Resolve '<GOLDEN>/x' against the folder being checked; fall back when absent."""
     if value and value.startswith("<GOLDEN>"):
@@ -92,13 +85,6 @@ def _golden_path(value: str, root: Path, fallback: Path) -> Path:
     elif value and Path(value).exists():
         return Path(value)
     return fallback
-
-
-def _seed(kwargs: dict, overrides: dict) -> Optional[int]:
-    m = re.search(r"manual_seed\((\d+)\)", str(kwargs.get("generator", "")))
-    if m:
-        return int(m.group(1))
-    return int(overrides["seed"]) if overrides.get("seed", "None") not in ("None", "null") else None
 
 
 class _UnetRecorder:
@@ -112,37 +98,82 @@ class _UnetRecorder:
         self.handle.remove()
 
 
+def _resize_to(frames, st, what: str):
+    """The reference's sizing (MODEL_SPEC §7.3): cover ``inference_res``, sides rounded up to ×64, PIL
+    bilinear on the 8-bit image; the result must be the recorded call's height × width."""
+    h, w = frames.shape[1:3]
+    size = (w, h)
+    if st.inference_res is not None:
+        th, tw = st.inference_res
+        s = max(tw / w, th / h)
+        size = tuple(max(64, -(-int(v * s) // 64) * 64) for v in (w, h))
+    if (st.width, st.height) != (None, None) and (st.width or size[0], st.height or size[1]) != size:
+        raise UnsupportedSetting(f"{what}: call height/width {st.height}x{st.width} differ from the reference's "
+                                 f"sizing of {h}x{w} inputs to inference_res {st.inference_res} ({size[1]}x{size[0]})")
+    if size == (w, h):
+        return frames
+    from PIL import Image
+
+    u8 = np.round(np.asarray(frames) * 255).astype(np.uint8)
+    return np.stack([np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in u8]).astype(np.float32) / 255
+
+
 def run_inverse_suite(folder: Path, root: Path, models: dict) -> list[CaseResult]:
-    from engine.frames_io import read_frames
+    from engine.io.images import read_frames
     from engine.pipelines import InverseRenderer
     from engine.pipelines.components import load_components
     from engine.pipelines.sampling import initial_noise
     from engine.pipelines.vae_codec import decode_frames
 
     args = json.loads((folder / "call_args.json").read_text())
-    ov = _overrides(args)
-    ckpt = _golden_path(ov.get("inference_model_weights", ""), root, folder / "checkpoint")
-    inputs = _golden_path(ov.get("inference_input_dir", ""), root, folder / "inputs" / "video")
+    results, settings = [], {}
+    for name, run in args["runs"].items():   # every key of every run resolved first (unknown: the case fails)
+        try:
+            check_top_level(args, "call_args.json")
+            st = resolve_run("inverse", run, args.get("cli_overrides", []))
+            if st.guidance != (1.0, 1.0):
+                raise UnsupportedSetting(f"guidance {st.guidance} on the inverse model is not implemented (the "
+                                         "reference's CFG branch there is undefined: input_context is not repeated "
+                                         "for the doubled batch, MODEL_SPEC §2.2/§10.1)")
+            settings[name] = st
+        except UnsupportedSetting as exc:
+            results.append(CaseResult(f"{folder.name}/{name}", error=f"unsupported setting: {exc}"))
+    if not settings:
+        return results
+    first = next(iter(settings.values()))
+    ckpt = _golden_path(first.checkpoint, root, folder / "checkpoint")
+    inputs = _golden_path(first.inputs, root, folder / "inputs" / "video")
     frames = read_frames([inputs / f for f in args["input_frames"]])
     key = ("inverse", str(ckpt))
     if key not in models:
         models[key] = InverseRenderer(load_components(ckpt, kind="inverse", device="cpu", dtype="fp32"))
     renderer = models[key]
-    cond = renderer.encode_video(frames)
     # runs that differ only in pass / decode chunk share one batched sampling
     groups: dict = {}
     for name, run in args["runs"].items():
-        kw = run["call_kwargs"]
-        gkey = (kw["num_inference_steps"], _seed(kw, ov), kw.get("fps", 7), kw.get("motion_bucket_id", 127))
-        groups.setdefault(gkey, []).append((name, run))
-    results = []
-    for (steps, seed, fps, mb), runs in groups.items():
+        if name not in settings:
+            continue
+        st = settings[name]
+        n = st.num_frames
+        if len(frames) > n and st.chunk_mode != "first":
+            results.append(CaseResult(f"{folder.name}/{name}", error=f"unsupported setting: {len(frames)} input "
+                                      f"frames in chunks of {n} with chunk_mode {st.chunk_mode!r} (one chunk only)"))
+            continue
+        try:
+            clip = _resize_to(frames[:n], st, f"{folder.name}/{name}")
+        except UnsupportedSetting as exc:
+            results.append(CaseResult(f"{folder.name}/{name}", error=f"unsupported setting: {exc}"))
+            continue
+        gkey = (st.steps, st.seed, st.fps, st.motion_bucket_id, n, clip.shape)
+        groups.setdefault(gkey, ([], clip))[0].append((name, run, st))
+    for (steps, seed, fps, mb, _n, _shape), (runs, clip) in groups.items():
         t0 = time.monotonic()
-        passes = list(dict.fromkeys(r["input_context"] for _, r in runs))
+        cond = renderer.encode_video(clip)
+        passes = list(dict.fromkeys(st.passes[0] for _, _, st in runs))
         steps_seen: list = []
         rec = _UnetRecorder(renderer.unet)
         try:
-            res = renderer(frames, passes, num_inference_steps=steps, seed=seed, fps=fps, motion_bucket_id=mb,
+            res = renderer(clip, passes, num_inference_steps=steps, seed=seed, fps=fps, motion_bucket_id=mb,
                            cond_latents=cond, output="pt",
                            callback=lambda i, n, t, out, lat: steps_seen.append(lat.detach().cpu()))
         finally:
@@ -151,29 +182,60 @@ def run_inverse_suite(folder: Path, root: Path, models: dict) -> list[CaseResult
         step_lat = torch.stack(steps_seen)                       # (S, P, F, 4, h, w)
         unet_out = torch.stack(rec.outputs)                      # (S, P, F, 4, h, w)
         elapsed = (time.monotonic() - t0) / len(runs)
-        for name, run in runs:
+        for name, run, st in runs:
             r = CaseResult(f"{folder.name}/{name}", seconds=elapsed)
             try:
-                i = passes.index(run["input_context"])
+                i = passes.index(st.passes[0])
                 rec_t = _load_tensors(folder / run["file"])
                 final = step_lat[-1, i:i + 1]
-                video = decode_frames(renderer.vae, final, run["call_kwargs"].get("decode_chunk_size", 8))
+                video = decode_frames(renderer.vae, final, st.decode_chunk)
                 extra = {"frames": video, "step_latents": step_lat[:, i:i + 1], "unet_outputs": unet_out[:, i:i + 1],
                          "cond_latents": cond, "vae_encode_mean": cond[0],
                          "vae_decode_in": final[0] / renderer.vae.config.scaling_factor,
                          "unet0_output": unet_out[0, i:i + 1],
                          "noise": initial_noise(tuple(final.shape), seed)}
-                for tname, golden in rec_t.items():
-                    if tname in extra:
-                        r.compare(tname, extra[tname], golden)
+                _compare_recorded(r, rec_t, extra, renderer.c.scheduler_config, run, spacing=None)
+            except UnsupportedSetting as exc:
+                r.error = f"unsupported setting: {exc}"
             except Exception as exc:  # noqa: BLE001 - reported per case
                 r.error = f"{type(exc).__name__}: {exc}"
             results.append(r)
     return results
 
 
+# recorded tensors that are inputs of a step rather than results (the first UNet call's arguments, the
+# VAE posterior's log-variance, which the pipeline never uses): not compared, by name
+_RECORDED_INPUTS = {"unet0_sample", "unet0_timestep", "unet0_encoder_hidden_states", "unet0_added_time_ids",
+                    "unet0_input_context", "vae_encode_logvar", "vae_encode_env_logvar", "vae_encode_gbuf_logvar"}
+
+
+def _compare_recorded(r: CaseResult, recorded: dict, ours: dict, scheduler_config: dict, run: dict, spacing) -> None:
+    """Compare every recorded tensor (a recorded name we do not produce fails the case) and the recorded
+    schedule (sigmas, timesteps, initial noise sigma)."""
+    from engine.pipelines.sampling import make_scheduler
+
+    for tname, golden in recorded.items():
+        if tname in ours:
+            r.compare(tname, ours[tname], golden)
+        elif tname not in _RECORDED_INPUTS:
+            raise UnsupportedSetting(f"recorded tensor {tname!r} has no counterpart in the conformance runner")
+    sched = run.get("scheduler")
+    if sched:
+        steps = len(sched.get("timesteps", [])) or None
+        ours_s = make_scheduler(scheduler_config, timestep_spacing=sched.get("timestep_spacing", spacing))
+        ours_s.set_timesteps(steps)
+        for key, value in (("timesteps", ours_s.timesteps), ("sigmas", ours_s.sigmas),
+                           ("init_noise_sigma", torch.tensor([float(ours_s.init_noise_sigma)]))):
+            if key in sched:
+                want = torch.tensor(sched[key] if isinstance(sched[key], list) else [sched[key]], dtype=torch.float64)
+                got = value.double().flatten()
+                ok = got.shape == want.shape and bool(((got - want).abs() <= 1e-6 + 1e-6 * want.abs()).all())
+                err = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
+                r.errors[f"scheduler.{key}"] = (err, ok)
+
+
 def run_forward_suite(folder: Path, root: Path, models: dict) -> list[CaseResult]:
-    from engine.frames_io import read_frames
+    from engine.io.images import read_frames
     from engine.pipelines import GBUFFER_ORDER, EnvLight, ForwardRenderer
     from engine.pipelines.components import load_components
     from engine.envmap import env_direction_map
@@ -189,41 +251,40 @@ def run_forward_suite(folder: Path, root: Path, models: dict) -> list[CaseResult
         r = CaseResult(f"{folder.name}/{name}")
         t0 = time.monotonic()
         try:
-            ov = _overrides(run)
-            kw = run["call_kwargs"]
-            ckpt = _golden_path(ov.get("inference_model_weights", ""), root, folder / "checkpoint")
-            inputs = _golden_path(ov.get("inference_input_dir", ""), root, folder / "inputs" / "gbuffers")
-            use_lora = bool(run.get("pipeline_init", {}).get("lora"))
-            key = ("forward", str(ckpt), use_lora)
+            check_top_level(args, "call_args.json")
+            st = resolve_run("forward", run, args.get("cli_overrides", []))
+            ckpt = _golden_path(st.checkpoint, root, folder / "checkpoint")
+            inputs = _golden_path(st.inputs, root, folder / "inputs" / "gbuffers")
+            key = ("forward", str(ckpt), st.lora)
             if key not in models:
                 models[key] = ForwardRenderer(load_components(ckpt, kind="forward", device="cpu", dtype="fp32",
-                                                              lora=use_lora))
+                                                              lora=st.lora))
             fr = models[key]
-            gb = {p: read_frames([inputs / f for f in files]) for p, files in args["gbuffer_files"].items()}
-            nf = kw.get("num_frames")
-            gb = {p: v[:nf] if nf else v for p, v in gb.items()}
-            env_path = _golden_path(ov.get("envlight", ""), root, root / run["envlight"])
-            pk = run["process_environment_map_kwargs"]
-            light = EnvLight(env_path, rotate=bool(pk.get("rotate_envlight")), elevation=float(pk.get("elevation", 0)),
-                             rotation=float(pk.get("env_rot", 180.0)), flip=bool(pk.get("env_flip", False)),
-                             strength=float(pk.get("env_strength", 1.0)), log_scale=float(pk.get("log_scale", 10000)))
-            cond = fr.encode_gbuffers(gb)
-            env_ldr, env_log = light.maps(cond.shape[1], pk["resolution"])
+            # the reference uses the first inference_n_frames of every pass (MODEL_SPEC §7.5)
+            gb = {p: read_frames([inputs / f for f in files][:st.num_frames]) for p, files in args["gbuffer_files"].items()}
+            short = {p: len(v) for p, v in gb.items() if len(v) < st.num_frames}
+            if short:
+                raise UnsupportedSetting(f"inference_n_frames {st.num_frames} but the recording lists {short} frames")
+            gb = {p: _resize_to(v, st, r.name) for p, v in gb.items()}
+            env_path = _golden_path(st.envlight, root, root / run["envlight"])
+            light = EnvLight(env_path, rotate=bool(st.env.get("rotate", False)),
+                             elevation=float(st.env.get("elevation", 0.0)), rotation=float(st.env.get("rotation", 180.0)),
+                             flip=bool(st.env.get("flip", False)), strength=float(st.env.get("strength", 1.0)),
+                             log_scale=float(st.env.get("log_scale", 10000.0)))
+            # use_fixed_frame_ind: frame fixed_frame_ind of every G-buffer on all F frames (MODEL_SPEC §7.5)
+            cond = fr.encode_gbuffers(gb, st.fixed_frame, st.num_frames if st.fixed_frame is not None else None)
+            env_ldr, env_log = light.maps(cond.shape[1], st.env_resolution or (512, 512))
             tokens = fr.env_tokens(env_ldr, env_log)
-            guidance = float(kw.get("max_guidance_scale", 1.2))
-            if float(kw.get("min_guidance_scale", guidance)) != guidance:
-                raise ValueError("per-frame guidance ramps (min != max) are not supported")
-            lora_scale = float((kw.get("cross_attention_kwargs") or {}).get("scale", 1.0))
             steps_seen: list = []
             rec = _UnetRecorder(fr.unet)
             try:
-                latents = fr.sample(cond, tokens, num_inference_steps=kw["num_inference_steps"],
-                                    guidance_scale=guidance, lora_scale=lora_scale, seed=_seed(kw, ov),
-                                    fps=kw.get("fps", 7), motion_bucket_id=kw.get("motion_bucket_id", 127),
+                latents = fr.sample(cond, tokens, num_inference_steps=st.steps, guidance_scale=st.guidance,
+                                    lora_scale=st.lora_scale, seed=st.seed, fps=st.fps,
+                                    motion_bucket_id=st.motion_bucket_id,
                                     callback=lambda i, n, t, out, lat: steps_seen.append(lat.detach().cpu()))
             finally:
                 rec.close()
-            video = decode_frames(fr.vae, latents, kw.get("decode_chunk_size", 8))
+            video = decode_frames(fr.vae, latents, st.decode_chunk)
             ours = {"frames": video, "step_latents": torch.stack(steps_seen), "unet_outputs": torch.stack(rec.outputs),
                     "unet0_output": rec.outputs[0], "cond_latents": cond[:1],
                     "env_ldr": env_ldr.permute(0, 3, 1, 2)[None], "env_log": env_log.permute(0, 3, 1, 2)[None],
@@ -232,14 +293,14 @@ def run_forward_suite(folder: Path, root: Path, models: dict) -> list[CaseResult
             f, (h, w) = cond.shape[1], env_ldr.shape[1:3]
             nrm = env_direction_map(h, w).permute(2, 0, 1)[None].float()
             ours["env_nrm"] = nrm[None]
-            ours["noise"] = initial_noise(tuple(latents.shape), _seed(kw, ov))
+            ours["noise"] = initial_noise(tuple(latents.shape), st.seed)
             scale = fr.vae.config.scaling_factor
             ours["vae_encode_gbuf_mean"] = (cond[0] / scale).unflatten(1, (len(order), 4)).transpose(0, 1)
             env_imgs = [env_ldr.permute(0, 3, 1, 2), env_log.permute(0, 3, 1, 2), nrm.expand(f, -1, -1, -1)]
             ours["vae_encode_env_mean"] = torch.stack([encode_mean(fr.vae, x.float()) for x in env_imgs])
-            for tname, golden in _load_tensors(folder / run["file"]).items():
-                if tname in ours:
-                    r.compare(tname, ours[tname], golden)
+            _compare_recorded(r, _load_tensors(folder / run["file"]), ours, fr.c.scheduler_config, run, "trailing")
+        except UnsupportedSetting as exc:
+            r.error = f"unsupported setting: {exc}"
         except Exception as exc:  # noqa: BLE001 - reported per case
             r.error = f"{type(exc).__name__}: {exc}"
         r.seconds = time.monotonic() - t0
@@ -248,7 +309,7 @@ def run_forward_suite(folder: Path, root: Path, models: dict) -> list[CaseResult
 
 
 def run_envproj_suite(folder: Path, root: Path, models: dict) -> list[CaseResult]:
-    from engine.envmap.conformance_case import MissingInputError, run_envproj_case
+    from engine.envmap.conformance_case import MissingInputError, UnsupportedCaseSetting, run_envproj_case
 
     spec = json.loads((folder / "cases.json").read_text())
     results = []
@@ -261,6 +322,8 @@ def run_envproj_suite(folder: Path, root: Path, models: dict) -> list[CaseResult
                 r.compare(tname, ours, golden, envproj=True)
         except MissingInputError as exc:
             r.skipped = f"input missing: {exc}"
+        except UnsupportedCaseSetting as exc:
+            r.error = f"unsupported setting: {exc}"
         except Exception as exc:  # noqa: BLE001
             r.error = f"{type(exc).__name__}: {exc}"
         r.seconds = time.monotonic() - t0

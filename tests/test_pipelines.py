@@ -145,3 +145,22 @@ def test_model_kind_mismatch_is_clear(ckpts):
     with pytest.raises(ValueError, match="forward .*model"):
         InverseRenderer.from_pretrained(ckpts[1], device="cpu")
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_forward_guidance_ramp(fwd, gbuffers):
+    kw = dict(num_inference_steps=2, env_resolution=(32, 32), seed=0)
+    const = fwd(gbuffers, _light(), guidance_scale=1.2, **kw)
+    assert np.array_equal(const, fwd(gbuffers, _light(), guidance_scale=(1.2, 1.2), **kw))
+    ramp = fwd(gbuffers, _light(), guidance_scale=(1.0, 3.0), **kw)
+    assert np.abs(ramp - const).max() > 1e-4, "a ramp changes the picture"
+    # descending max <= 1: no guidance at all (the reference guides iff max_guidance_scale > 1)
+    assert np.array_equal(fwd(gbuffers, _light(), guidance_scale=(3.0, 1.0), **kw),
+                          fwd(gbuffers, _light(), guidance_scale=1.0, **kw))
+
+
+def test_forward_fixed_frame_equals_the_frame_repeated(fwd, gbuffers):
+    kw = dict(num_inference_steps=2, env_resolution=(32, 32), seed=0)
+    fixed = fwd(gbuffers, _light(), fixed_frame=2, **kw)
+    repeated = fwd({p: np.repeat(v[2:3], F, 0) for p, v in gbuffers.items()}, _light(), **kw)
+    assert np.abs(fixed - repeated).max() <= 1e-4     # the golden frames tolerance (one frame vs three encoded)
+    assert np.abs(fixed - fwd(gbuffers, _light(), **kw)).max() > 1e-3

@@ -72,3 +72,14 @@ def test_denoise_cancel_stops_before_next_step():
     with pytest.raises(sampling.Cancelled):
         sampling.denoise(s, 5, torch.zeros(1, 1, 4, 2, 2), model, should_cancel=lambda: len(calls) >= 2)
     assert len(calls) == 2
+
+
+def test_guidance_ramp_is_per_frame_cfg():
+    assert sampling.guidance_range(1.2) == (1.2, 1.2) and sampling.guidance_range([1.0, 3.0]) == (1.0, 3.0)
+    with pytest.raises(ValueError):
+        sampling.guidance_range([1.0, 2.0, 3.0])
+    u, c = torch.randn(2, 3, 4, 2, 2), torch.randn(2, 3, 4, 2, 2)
+    out = sampling.apply_guidance(u, c, (1.0, 3.0))
+    for f, g in enumerate((1.0, 2.0, 3.0)):           # linspace(1, 3, 3), frame by frame
+        assert torch.allclose(out[:, f], u[:, f] + g * (c[:, f] - u[:, f]), atol=1e-6)
+    assert torch.equal(sampling.apply_guidance(u, c, 1.2), sampling.apply_guidance(u, c, (1.2, 1.2)))

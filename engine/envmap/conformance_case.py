@@ -27,7 +27,7 @@ import torch
 from .hdr_io import load_envmap
 from .projection import process_environment_map
 
-__all__ = ["MissingInputError", "find_case_hdr", "load_cases", "run_envproj_case", "run_envproj_cases"]
+__all__ = ["MissingInputError", "UnsupportedCaseSetting", "find_case_hdr", "load_cases", "run_envproj_case", "run_envproj_cases"]
 
 # recorded inputs rather than outputs: compared implicitly through the tensors they index
 _INPUT_TENSORS = ("cubemap_probe_index",)
@@ -86,10 +86,30 @@ def find_case_hdr(case: dict, golden_dir, hdri_dirs=()) -> Path:
     raise MissingInputError(msg)
 
 
+# every key of a case and of its process_environment_map kwargs that the runner understands; any other key
+# fails the case by name (a setting is never dropped silently)
+CASE_KEYS = {"file", "hdr", "hdr_sha256", "kwargs", "metadata_returned", "cubemap_shape", "tensors"}
+KWARGS = {"resolution", "num_frames", "fixed_pose", "pose_file", "pose_offset", "pose_reset", "rotate_envlight",
+          "env_format", "log_scale", "env_strength", "env_flip", "env_rot", "elevation",
+          "save_dir", "prefix", "device"}   # save_dir/prefix: where the reference saves; device: where it runs
+FORMATS = {"proj", "fixed", "ball", "cubemap"}
+
+
+class UnsupportedCaseSetting(ValueError):
+    """A case key or argument value the runner does not implement (the message names it)."""
+
+
 def _kwargs(case: dict, recorded: set) -> dict:
+    unknown = sorted(set(case) - CASE_KEYS) or sorted(f"kwargs.{k}" for k in set(case.get("kwargs", {})) - KWARGS)
+    if unknown:
+        raise UnsupportedCaseSetting(f"key {unknown[0]!r} is not implemented by the conformance runner")
     kw = dict(case.get("kwargs", {}))
-    if not kw.get("fixed_pose", True) or kw.get("pose_file"):
-        raise NotImplementedError("only fixed_pose=True cases without pose_file are supported")
+    if not kw.get("fixed_pose", True) or kw.get("pose_file") or kw.get("pose_offset") or kw.get("pose_reset"):
+        raise UnsupportedCaseSetting("fixed_pose=false / pose_file / pose_offset / pose_reset are not implemented "
+                                     "(camera poses from a file)")
+    bad = sorted(set(kw.get("env_format", ())) - FORMATS)
+    if bad:
+        raise UnsupportedCaseSetting(f"kwargs.env_format {bad[0]!r} is not implemented")
     fmts = list(kw.get("env_format", ["proj", "fixed", "ball"]))
     if "cubemap_probe_value" in recorded and "cubemap" not in fmts:
         fmts.append("cubemap")

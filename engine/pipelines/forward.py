@@ -22,6 +22,7 @@ from engine.pipelines import sampling
 from engine.pipelines.components import Components, load_components, resolve_checkpoint
 from engine.pipelines.inverse import autocast_for, check_size
 from engine.pipelines.lighting import as_env_maps
+from engine.pipelines.memory import MemoryModes
 from engine.pipelines.vae_codec import decode_frames, encode_mean, to_frames_tensor, vae_scale_factor
 from engine.pipelines.windows import decode_clip, plan_windows, sample_clip
 from engine.pipelines.zero_context import install_zero_context_skip, zero_context_rows
@@ -29,17 +30,10 @@ from engine.pipelines.zero_context import install_zero_context_skip, zero_contex
 GBUFFER_ORDER = FORWARD_PASSES   # the model's latent order of its G-buffer inputs
 
 
-def _encode_maybe_static(vae, frames: torch.Tensor) -> torch.Tensor:
-    """Encode (F, 3, H, W) frames; identical frames (a static light) are encoded once."""
-    if frames.shape[0] > 1 and bool((frames == frames[:1]).all()):
-        return encode_mean(vae, frames[:1]).expand(frames.shape[0], -1, -1, -1)
-    return encode_mean(vae, frames)
-
-
-class ForwardRenderer:
+class ForwardRenderer(MemoryModes):
     """Render G-buffers under an HDR environment map.
 
-    >>> r = ForwardRenderer.from_pretrained("forward")
+    >>> r = ForwardRenderer.from_pretrained("forward")              # memory="low-vram": engine.pipelines.memory
     >>> video = r({"basecolor": bc, "normal": n, "depth": d, "roughness": ro, "metallic": m},
     ...           light=EnvLight("studio.hdr", rotate=True))     # (F, H, W, 3) float32 in [0, 1]
     """
@@ -59,15 +53,27 @@ class ForwardRenderer:
 
     @classmethod
     def from_pretrained(cls, path_or_name="forward", *, revision: Optional[str] = None, device=None, dtype=None,
-                        lora: bool = True, allow_download: bool = False) -> "ForwardRenderer":
+                        lora: bool = True, allow_download: bool = False, memory: str = "default") -> "ForwardRenderer":
+        """Load a published model or checkpoint folder, set up for the memory mode ``memory``."""
         root = resolve_checkpoint(path_or_name, revision=revision, allow_download=allow_download)
-        return cls(load_components(root, kind="forward", device=device, dtype=dtype, lora=lora))
+        renderer = cls(load_components(root, kind="forward", device=device, dtype=dtype, lora=lora))
+        renderer.enable_memory_mode(memory)
+        return renderer
 
     @property
     def has_lora(self) -> bool:
         return self.c.lora_path is not None
 
     # -- conditioning -------------------------------------------------------------------------
+    def _encode(self, images: torch.Tensor) -> torch.Tensor:
+        return encode_mean(self.vae, images, self.encode_chunk, self.device)
+
+    def _encode_maybe_static(self, frames: torch.Tensor) -> torch.Tensor:
+        """Encode (F, 3, H, W) frames; identical frames (a static light) are encoded once."""
+        if frames.shape[0] > 1 and bool((frames == frames[:1]).all()):
+            return self._encode(frames[:1]).expand(frames.shape[0], -1, -1, -1)
+        return self._encode(frames)
+
     def encode_gbuffers(self, gbuffers: Mapping, fixed_frame: Optional[int] = None,
                         num_frames: Optional[int] = None) -> torch.Tensor:
         """{pass: (F, H, W, C) in [0, 1]} → scaled condition latents (1, F, 20, h, w)."""
@@ -88,7 +94,7 @@ class ForwardRenderer:
             tensors = [t[fixed_frame:fixed_frame + 1] for t in tensors]
         stacked = torch.cat(tensors, 0)  # all passes in one VAE batch
         with autocast_for(self.device, self.dtype):
-            lat = encode_mean(self.vae, stacked).float() * self.scaling
+            lat = self._encode(stacked).float() * self.scaling
         n = tensors[0].shape[0]
         lat = lat.unflatten(0, (len(GBUFFER_ORDER), n))            # (5, n, 4, h, w)
         lat = lat.permute(1, 0, 2, 3, 4).flatten(1, 2)               # (n, 20, h, w) in GBUFFER_ORDER
@@ -105,8 +111,8 @@ class ForwardRenderer:
         logm = env_log.to(self.device).permute(0, 3, 1, 2).float()
         nrm = env_direction_map(h, w, device=self.device).permute(2, 0, 1)[None].float()
         with autocast_for(self.device, self.dtype):
-            lat = [_encode_maybe_static(self.vae, x).float() * self.scaling for x in (ldr, logm)]
-            lat.append(encode_mean(self.vae, nrm).float().expand(f, -1, -1, -1) * self.scaling)
+            lat = [self._encode_maybe_static(x).float() * self.scaling for x in (ldr, logm)]
+            lat.append(self._encode(nrm).float().expand(f, -1, -1, -1) * self.scaling)
             x = torch.cat(lat, 1)
             enc_dtype = next(self.env_encoder.parameters()).dtype
             if bool((x == x[:1]).all()):
@@ -117,7 +123,8 @@ class ForwardRenderer:
 
     # -- sampling ------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, gbuffers: Mapping, light, *, num_inference_steps: int = 20, guidance_scale: float = 1.2,
+    def __call__(self, gbuffers: Mapping, light, *, num_inference_steps: int = 20,
+                 guidance_scale: sampling.Guidance = 1.2,
                  lora_scale: float = 0.25, seed: Optional[int] = 0, noise: Optional[torch.Tensor] = None,
                  env_resolution: Sequence[int] = (512, 512), fixed_frame: Optional[int] = None,
                  num_frames: Optional[int] = None, decode_chunk_size: int = 8, fps: int = 7,
@@ -127,6 +134,8 @@ class ForwardRenderer:
                  should_cancel=None, output: str = "np"):
         """Returns (F, H, W, 3) float32 in [0, 1]; a list of lights returns a list of videos.
 
+        ``guidance_scale``: one number, or ``(min, max)`` ramped ``linspace(min, max, F)`` over each
+        window's F frames (the reference's per-call ``min/max_guidance_scale``); guidance runs iff max > 1.
         Several lights are sampled together, ``light_batch`` at a time (default: all in one UNet batch;
         each light starts from the same noise, so a light's video is what a call with it alone gives).
         ``window``/``overlap``/``blend``: long clips, see :mod:`engine.pipelines.windows`."""
@@ -137,6 +146,7 @@ class ForwardRenderer:
         f = cond_latents.shape[1]
         plan = plan_windows(f, window or f, overlap if window and window < f else 0)
         batch = max(1, int(light_batch or len(lights)))
+        decode_chunk_size, decode_overlap = self.plan.decode(decode_chunk_size, decode_overlap)
         videos = []
         for s in range(0, len(lights), batch):
             group = lights[s:s + batch]
@@ -148,7 +158,8 @@ class ForwardRenderer:
                                       motion_bucket_id=motion_bucket_id, callback=callback,
                                       should_cancel=should_cancel)
             with autocast_for(self.device, self.dtype):
-                video = decode_clip(lambda lat: decode_frames(self.vae, lat, decode_chunk_size, decode_overlap),
+                video = decode_clip(lambda lat: decode_frames(self.vae, lat, decode_chunk_size, decode_overlap,
+                                                              self.device),
                                     result, plan, blend)
             videos.extend(v if output == "pt" else v.cpu().numpy() for v in video)
         return videos if isinstance(light, (list, tuple)) else videos[0]
@@ -159,14 +170,14 @@ class ForwardRenderer:
         return self.sample_clip(cond_latents, tokens, [(0, f)], "latent", **kwargs)[1]
 
     def sample_clip(self, cond_latents: torch.Tensor, tokens: list[torch.Tensor], plan, blend: str = "latent", *,
-                    num_inference_steps: int = 20, guidance_scale: float = 1.2, lora_scale: float = 0.25,
+                    num_inference_steps: int = 20, guidance_scale: sampling.Guidance = 1.2, lora_scale: float = 0.25,
                     seed: Optional[int] = 0, noise=None, fps: int = 7, motion_bucket_id: int = 127, callback=None,
                     should_cancel=None):
         """Denoise a clip over the windows ``plan``; returns :func:`windows.sample_clip`'s result.
 
         ``cond_latents`` (L, F, 20, h, w) and ``tokens`` (L, F, N, C) for L lights sampled together."""
         n_lights, f, _, h, w = cond_latents.shape
-        cfg = guidance_scale > 1.0
+        cfg = sampling.guidance_range(guidance_scale)[1] > 1.0   # the reference: CFG iff max_guidance_scale > 1
         if cfg:
             cond = torch.cat([torch.zeros_like(cond_latents), cond_latents])
             ehs = [torch.cat([torch.zeros_like(t), t]) for t in tokens]
@@ -187,16 +198,15 @@ class ForwardRenderer:
                     x = x.to(unet_dtype)
                 with zero_context_rows(0.5 if cfg else 0.0):
                     out = self.unet(x, t, [h_[:, s:e] for h_ in ehs], time_ids, lora_scale=scale).float()
-            if cfg:
-                u, c = out.chunk(2)
-                out = u + guidance_scale * (c - u)
+            if cfg:   # per-frame linspace(min, max) over this window's frames, as one reference call
+                out = sampling.apply_guidance(*out.chunk(2), guidance_scale)
             return out
 
         base = sampling.initial_noise((1, f, 4, h, w), seed, noise).to(self.device)
         base = base.expand(n_lights, -1, -1, -1, -1).contiguous()
         # the LoRA folded into the weights for this call's fixed scale (one matmul per projection instead
         # of three); not under offload, whose hooks own the weights
-        merge = scale is not None and self.merge_lora and getattr(self.unet, "_dr_execution_device", None) is None
+        merge = scale is not None and self.merge_lora and not self.offloaded
         if merge:
             merged_scale, scale = scale, None
         with self.unet.lora_merged(merged_scale) if merge else contextlib.nullcontext():

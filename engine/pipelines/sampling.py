@@ -7,17 +7,20 @@ same picture on every device; ``noise=`` injects a tensor instead.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 from diffusers import EulerDiscreteScheduler
+
+from engine.errors import EngineError
 
 StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 """callback(step_index, num_steps, timestep, model_output, latents_after_step)."""
 
 
-class Cancelled(RuntimeError):
+class Cancelled(EngineError, RuntimeError):
     """Raised from inside the denoising loop when the caller's cancel check fires."""
+    code = "cancelled"
 
 
 def make_scheduler(config: dict, timestep_spacing: Optional[str] = None) -> EulerDiscreteScheduler:
@@ -43,9 +46,32 @@ def initial_noise(shape: tuple, seed: Optional[int], noise: Optional[torch.Tenso
     return torch.randn(shape, generator=gen, dtype=torch.float32)
 
 
+Guidance = Union[float, Sequence[float]]
+"""A guidance scale: one number for every frame, or ``(min, max)``, ramped over a window's frames."""
+
+
+def guidance_range(guidance: Guidance) -> tuple[float, float]:
+    """``1.2`` → (1.2, 1.2); ``(1.0, 3.0)`` or ``[1.0, 3.0]`` → (1.0, 3.0) (the reference's
+    ``min_guidance_scale`` / ``max_guidance_scale``). Classifier-free guidance runs iff max > 1."""
+    if isinstance(guidance, (int, float)) and not isinstance(guidance, bool):
+        return float(guidance), float(guidance)
+    values = [float(v) for v in guidance]
+    if len(values) != 2:
+        raise ValueError(f"guidance must be one number or (min, max), got {list(values)}")
+    return values[0], values[1]
+
+
 def frame_guidance(min_scale: float, max_scale: float, num_frames: int, device, dtype) -> torch.Tensor:
     """Per-frame guidance ``linspace(min, max, F)`` shaped (1, F, 1, 1, 1), as the reference."""
     return torch.linspace(min_scale, max_scale, num_frames, device=device, dtype=dtype).view(1, num_frames, 1, 1, 1)
+
+
+def apply_guidance(uncond: torch.Tensor, cond: torch.Tensor, guidance: Guidance) -> torch.Tensor:
+    """Classifier-free guidance ``u + g·(c − u)`` with ``g = linspace(min, max, F)`` over the frames (dim 1)
+    of (B, F, C, h, w) outputs, exactly as the reference computes it."""
+    lo, hi = guidance_range(guidance)
+    g = frame_guidance(lo, hi, cond.shape[1], cond.device, cond.dtype)
+    return uncond + g * (cond - uncond)
 
 
 def added_time_ids(fps: int, motion_bucket_id: int, noise_aug_strength: float, batch: int, device, dtype):
