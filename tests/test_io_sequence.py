@@ -299,12 +299,19 @@ def test_no_warnings_for_clean_frames(tmp_path):
         read_frame(tmp_path / "c.exr")
 
 
-def test_png16_sequence_streams_through_one_decoder(tmp_path, monkeypatch):
-    """A clip of 16-bit PNGs starts ONE ffmpeg process for all its frames (none per frame), keeps the
-    16-bit values, restarts only when read backwards, and a pattern picks it out of a shared folder."""
+@pytest.mark.parametrize("oiio", [True, False], ids=["openimageio", "ffmpeg-fallback"])
+def test_png16_sequence_streams_through_one_decoder(tmp_path, monkeypatch, oiio):
+    """A clip of 16-bit PNGs keeps the 16-bit values and a pattern picks it out of a shared folder: read in
+    process by OpenImageIO (no decoder process at all), or without it through ONE ffmpeg process for all its
+    frames (none per frame), restarted only when read backwards."""
     import subprocess
 
     import engine.io.deep_frames as deep
+    import engine.io.oiio_frames as oiio_frames
+
+    if oiio and not oiio_frames.AVAILABLE:
+        pytest.skip("openimageio is not installed")
+    monkeypatch.setattr(oiio_frames, "AVAILABLE", oiio)
 
     frames = {}
     for f in (3, 4, 5, 6):
@@ -317,7 +324,8 @@ def test_png16_sequence_streams_through_one_decoder(tmp_path, monkeypatch):
     real_popen = subprocess.Popen
 
     def popen(cmd, *a, **kw):
-        started.append(cmd)
+        if "-i" in cmd:                               # a decoder (not imageio-ffmpeg's one-off '-version')
+            started.append(cmd)
         return real_popen(cmd, *a, **kw)
 
     monkeypatch.setattr(deep.subprocess, "Popen", popen)
@@ -325,11 +333,11 @@ def test_png16_sequence_streams_through_one_decoder(tmp_path, monkeypatch):
     with open_clip(tmp_path / "deep_####.png") as clip:
         assert clip.frame_numbers == [3, 4, 5, 6] and clip.size == (64, 8)
         got = [clip.read(i) for i in range(4)]
-        assert len(started) == 1
+        assert len(started) == (0 if oiio else 1)
         for f, img in zip((3, 4, 5, 6), got):
             np.testing.assert_array_equal(np.round(img * 65535).astype(np.uint16), frames[f])
         np.testing.assert_array_equal(np.round(clip.read(1) * 65535).astype(np.uint16), frames[4])
-        assert len(started) == 2                      # backwards: one restart, at that frame
+        assert len(started) == (0 if oiio else 2)     # backwards: one restart, at that frame
     with open_clip(tmp_path / "deep_####.png", first_number=101, frame_range=(102, 103)) as clip:
         assert clip.frame_numbers == [102, 103]       # renumbered from the first file, then ranged
 
@@ -341,3 +349,55 @@ def test_pattern_errors_name_the_pattern(tmp_path):
         find_clips(tmp_path / "shot_####.png")
     Image.new("RGB", (4, 2)).save(tmp_path / "shot_0007.png")
     assert find_clips(tmp_path / "shot_####.png") == [tmp_path / "shot_####.png"]
+
+
+# --------------------------------------------------------------------------- DPX and the no-OpenImageIO path
+def write_dpx10(path, codes, transfer="Printing density"):
+    """A 10-bit DPX written by OpenImageIO from integer code values (0..1023), (H, W, 3)."""
+    oiio = pytest.importorskip("OpenImageIO")
+    codes = np.asarray(codes, dtype=np.uint16)
+    h, w, c = codes.shape
+    spec = oiio.ImageSpec(w, h, c, "uint16")
+    spec.attribute("oiio:BitsPerSample", 10)
+    if transfer:
+        spec.attribute("dpx:Transfer", transfer)
+    out = oiio.ImageOutput.create(str(path))
+    assert out.open(str(path), spec), oiio.geterror()
+    assert out.write_image((codes << 6) | (codes >> 4))      # 10 → 16 bits by bit replication
+    out.close()
+
+
+def test_dpx_10bit_codes_read_by_value(tmp_path):
+    codes = np.array([[[0, 95, 1023], [445, 685, 512]]], np.uint16)
+    write_dpx10(tmp_path / "plate.0101.dpx", codes)
+    img, meta = read_frame(tmp_path / "plate.0101.dpx", info=True)
+    assert img.dtype == np.float32 and img.shape == (1, 2, 3) and meta["is_linear"] is False
+    np.testing.assert_allclose(img * 1023, codes, atol=0.01)           # code c → c / 1023, 10 bits kept
+    write_dpx10(tmp_path / "plate.0102.dpx", codes[:, ::-1])
+    with open_clip(tmp_path) as clip:
+        assert clip.frame_numbers == [101, 102] and clip.size == (2, 1) and not clip.is_linear
+        assert clip.transfer == "Printing density" and "DPX transfer Printing density" in clip.source
+        np.testing.assert_allclose(clip.read(1) * 1023, codes[:, ::-1], atol=0.01)
+
+
+def test_without_openimageio_tiff_png16_fall_back_and_dpx_is_refused(tmp_path, monkeypatch):
+    import engine.io.oiio_frames as oiio_frames
+
+    monkeypatch.setattr(oiio_frames, "AVAILABLE", False)
+    ref = ramp16(c=4)
+    write_png16(tmp_path / "a.png", ref)
+    f = ref / 65535.0
+    np.testing.assert_allclose(read_frame(tmp_path / "a.png"), f[..., :3] * f[..., 3:], atol=1e-6)
+    write_tiff16(tmp_path / "r.tif", ramp16())
+    assert np.abs(read_frame(tmp_path / "r.tif") - ramp16() / 65535.0).max() <= 1 / 65535 / 2 + 1e-7
+    (tmp_path / "p.dpx").write_bytes(b"SDPX" + bytes(2044))
+    with pytest.raises(ValueError, match=r"p\.dpx: reading \.dpx files needs OpenImageIO.*pip install openimageio"):
+        read_frame(tmp_path / "p.dpx")
+
+
+def test_unreadable_dpx_is_one_line(tmp_path):
+    pytest.importorskip("OpenImageIO")
+    (tmp_path / "bad.dpx").write_bytes(b"not a dpx at all")
+    with pytest.raises(ValueError, match=r"bad\.dpx: cannot read this image") as info:
+        read_frame(tmp_path / "bad.dpx")
+    assert "\n" not in str(info.value)

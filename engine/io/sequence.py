@@ -1,6 +1,6 @@
 """Image frames, image sequences and the lazy :class:`Clip` interface shared with videos.
 
-* :func:`list_frames` — the frames of a folder (png/jpg/jpeg/exr/tif/tiff), ordered by the frame
+* :func:`list_frames` — the frames of a folder (png/jpg/jpeg/exr/tif/tiff/dpx), ordered by the frame
   number parsed from each name (the last run of digits: ``shot_0012.png`` → 12, ``0012.basecolor.png``
   → 12), so ``frame_9`` comes before ``frame_10``. Hidden files are skipped. A folder holding two
   naming patterns (``a_####.png`` and ``b_####.png``, or png and exr) is an error.
@@ -8,12 +8,15 @@
   the ``#`` run stands for the frame number, at least that many digits) → its files in frame order. Every
   function taking a clip path accepts such a pattern, so one sequence can be picked from a folder that
   holds several.
-* :func:`read_frame` — one file → float32 ``(H, W, 3)``: 8-bit and 16-bit PNG/TIFF (16-bit
-  colour PNG/TIFF is decoded through the bundled ffmpeg because Pillow truncates it to 8 bits — an
-  :class:`ImageSequenceClip` of such files streams them all through ONE ffmpeg process), JPEG,
-  EXR (``R,G,B`` or ``Y``; a Blender multilayer EXR gives its Combined pass). RGBA is composited over
-  black (EXR colour is already premultiplied, so its alpha is ignored), greyscale is replicated to RGB.
-  Integer images are scaled to [0, 1]; float EXR/TIFF values are NOT clipped (``is_linear=True``).
+* :func:`read_frame` — one file → float32 ``(H, W, 3)``: DPX, TIFF and 16-bit PNG of any bit depth
+  through OpenImageIO (:mod:`engine.io.oiio_frames`; without it TIFF and 16-bit PNG fall back to Pillow and
+  ONE bundled ffmpeg per clip, :mod:`engine.io.deep_frames`, and DPX is refused saying what to install),
+  8-bit PNG and JPEG through Pillow, EXR through OpenEXR (``R,G,B`` or ``Y``; a Blender multilayer EXR
+  gives its Combined pass). RGBA is composited over black (EXR colour is already premultiplied, so its
+  alpha is ignored), greyscale is replicated to RGB. Integer images are scaled to [0, 1] (10-bit DPX code
+  ``c`` → ``c / 1023``); float EXR/TIFF/DPX values are NOT clipped (``is_linear=True``). Colour spaces are
+  not applied here: the inverse job converts (``engine.colour``); a clip exposes ``is_linear`` and, for
+  DPX, the header's ``transfer`` for the ``auto`` rule.
   NaN becomes 0 and ±Inf the largest/smallest finite value of the frame, with a warning and a count.
 * :func:`open_clip` — a folder of frames or a video file → :class:`Clip` (frames read lazily).
 * :func:`find_clips` — a file, a folder of frames, or a folder of clips (a batch).
@@ -30,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from .clip import DEFAULT_FPS, FRAME_SUFFIXES, VIDEO_SUFFIXES, Clip, select_frames
-from .deep_frames import DeepStream, is_deep, is_deep_image, read_deep_rgba
+from . import oiio_frames
+from .deep_frames import DeepStream, is_deep, is_deep_image, png_header, read_deep_rgba
 from .exr import read_exr
 
 __all__ = ["ImageSequenceClip", "list_frames", "frame_number", "read_frame", "open_clip", "find_clips",
@@ -179,6 +183,21 @@ def _pillow_frame(path: Path) -> tuple[np.ndarray, bool]:
         raise ValueError(f"{path}: cannot read this image ({exc})") from None
 
 
+def _through_oiio(path: Path) -> bool:
+    """DPX always; TIFF and 16-bit PNG when OpenImageIO is installed (Pillow would truncate them)."""
+    suffix = path.suffix.lower()
+    if suffix == ".dpx":
+        return True
+    if not oiio_frames.AVAILABLE:
+        return False
+    if suffix in (".tif", ".tiff"):
+        return True
+    if suffix == ".png":
+        hdr = png_header(path)
+        return hdr is not None and hdr[0] == 16
+    return False
+
+
 def read_frame(path, *, info: bool = False):
     """One frame file → float32 ``(H, W, 3)`` (see the module docstring).
 
@@ -191,6 +210,8 @@ def read_frame(path, *, info: bool = False):
         raise ValueError(f"{path}: not a frame file (use {', '.join(FRAME_SUFFIXES)})")
     if suffix == ".exr":
         img, linear = _exr_rgb(path), True
+    elif _through_oiio(path):
+        img, linear = oiio_frames.read_rgb(path)
     else:
         img, linear = _pillow_frame(path)
     img = np.ascontiguousarray(img, dtype=np.float32)
@@ -204,6 +225,8 @@ def _frame_size(path: Path) -> tuple[int, int]:
 
         h = read_exr_header(path)
         return h["width"], h["height"]
+    if _through_oiio(path):
+        return oiio_frames.file_info(path)["size"]
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -255,12 +278,20 @@ class ImageSequenceClip(Clip):
         self.fps = float(fps or source_fps)
         self.fps_origin = "given" if (fps or source_fps_given) else "default"
         self.is_linear = self.files[0].suffix.lower() == ".exr"
-        self.size = tuple(_frame_size(self.files[0]))
-        self._deep = DeepStream(self.files, self.size) if is_deep_image(self.files[0]) else None
+        self.transfer = None                 # a DPX header's transfer characteristic (the 'auto' colour space)
+        if _through_oiio(self.files[0]):
+            head = oiio_frames.file_info(self.files[0])
+            self.size, self.transfer = tuple(head["size"]), head["transfer"]
+            self.is_linear = head["is_float"]
+        else:
+            self.size = tuple(_frame_size(self.files[0]))
+        self._deep = (DeepStream(self.files, self.size)
+                      if not oiio_frames.AVAILABLE and is_deep_image(self.files[0]) else None)
         where = self.path if self.path.is_file() else f"{files[0].parent}/{files[0].name} .. {files[-1].name}"
         self.source = (f"image sequence {where} ({len(self)} of {len(files)} frames, numbers "
                        f"{self.frame_numbers[0]}..{self.frame_numbers[-1]}, {self.size[0]}x{self.size[1]}, "
-                       f"{self.fps:g} fps{', linear EXR' if self.is_linear else ''})")
+                       f"{self.fps:g} fps{', linear' if self.is_linear else ''}"
+                       f"{f', DPX transfer {self.transfer}' if self.transfer else ''})")
 
     def _read(self, j: int) -> np.ndarray:
         path = self.files[j]
