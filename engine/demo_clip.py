@@ -72,7 +72,7 @@ def render_frame(t: float, width: int, height: int) -> np.ndarray:
 
 
 def make_demo_clip(folder, frames: int = 12, width: int = 384, height: int = 256) -> list[Path]:
-    from engine.frames_io import write_png
+    from engine.io.images import write_png
 
     folder = Path(folder)
     paths = []

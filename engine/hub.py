@@ -10,7 +10,8 @@ as a corrupted repo, while `hf cache delete` removes this one with the weights i
 `revision=` overrides; `download()` with an explicit revision records it as the new default.
 
 Offline (HF_HUB_OFFLINE=1), or when downloading is not allowed, only local files are used.
-huggingface_hub is imported lazily: local folders and `describe_local_models()` work without it.
+huggingface_hub is imported lazily (local checkpoint folders need none of it); the cache is read through
+its own API (`snapshot_download(local_files_only=True)`, `repo_folder_name`), never parsed by hand.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 from engine.atomic import atomic_write_text
+from engine.errors import EngineError
 from engine.model_registry import (  # noqa: F401  (re-exported: engine.hub is the public entry point)
     ALL,
     IGNORE_PATTERNS,
@@ -41,8 +43,15 @@ _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _licence_shown = False
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(EngineError, RuntimeError):
     """The weights of a published model are neither cached nor downloadable right now."""
+    code = "weights_unavailable"
+
+    @property
+    def hint(self) -> str:
+        return (f"download the model (in Blender: Preferences › Add-ons › DiffusionRenderer › Model Weights › "
+                f"Download; on the command line: `diffusion-renderer download {self.model_name}`), or set the model "
+                "to a local checkpoint folder")
 
     def __init__(self, name: str, reason: str = "", *, cache_dir: Path | None = None):
         self.model_name, self.reason, self.cache_dir = name, reason, cache_dir
@@ -83,7 +92,10 @@ def is_offline() -> bool:
 
 
 def _repo_dir(spec: ModelSpec, cache: Path) -> Path:
-    return cache / ("models--" + spec.repo_id.replace("/", "--"))
+    """The repo's folder in the cache, as huggingface_hub names it (``models--owner--name``)."""
+    from huggingface_hub.file_download import repo_folder_name
+
+    return cache / repo_folder_name(repo_id=spec.repo_id, repo_type="model")
 
 
 def record_path(spec: ModelSpec, cache: Path | None = None) -> Path:
@@ -133,15 +145,17 @@ def _choose_revision(spec: ModelSpec, revision: str | None, cache: Path) -> tupl
 
 
 def _local_snapshot(spec: ModelSpec, revision: str | None, cache: Path) -> Path | None:
-    """Snapshot folder for a commit, or for a branch/tag via the cache's refs/ (no network)."""
-    repo, commit = _repo_dir(spec, cache), revision or "main"
-    if not _SHA_RE.match(commit):
-        try:
-            commit = (repo / "refs" / commit).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError):
-            return None
-    snapshot = repo / "snapshots" / commit
-    return snapshot if commit and snapshot.is_dir() else None
+    """Snapshot folder for a commit, or for a branch/tag through the cache's refs (huggingface_hub's own
+    lookup with ``local_files_only``: no network), or None when the cache does not hold it."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(spec.repo_id, revision=revision or "main", cache_dir=str(cache),
+                                   local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return None
+    return Path(folder)
 
 
 def _missing_files(folder: Path, spec: ModelSpec | None) -> list[str]:
@@ -213,8 +227,9 @@ def resolve_model(name_or_path: str | Path, revision: str | None = None, *, allo
     return _fetch(spec, revision, cache, record_explicit=False, progress=True)
 
 
-def download(name: str, revision: str | None = None, *, progress: bool = True) -> Path:
-    """Download (or complete) one published model; returns its snapshot folder."""
+def download(name: str, revision: str | None = None, *, progress: bool = True, on_progress=None) -> Path:
+    """Download (or complete) one published model; returns its snapshot folder. ``on_progress(done, total)``
+    (bytes, called from the download's threads) replaces the progress bars (the engine's "download" request)."""
     spec = PUBLISHED_MODELS.get(name)
     if spec is None:
         raise ValueError(f"Unknown model {name!r}: use one of {', '.join(PUBLISHED_MODELS)} "
@@ -222,7 +237,7 @@ def download(name: str, revision: str | None = None, *, progress: bool = True) -
     cache = hub_cache_dir()
     if is_offline():
         return resolve_model(name, revision)  # cached -> path, else WeightsUnavailableError
-    return _fetch(spec, revision, cache, record_explicit=True, progress=progress)
+    return _fetch(spec, revision, cache, record_explicit=True, progress=progress, on_progress=on_progress)
 
 
 def describe_local_models() -> list[dict]:
@@ -267,6 +282,47 @@ def _progress_bars(hf, enabled: bool):
             utils.enable_progress_bars()
 
 
+def byte_reporter(on_progress):
+    """A silent tqdm class for ``snapshot_download(tqdm_class=...)`` that calls ``on_progress(done, total)`` with
+    the bytes of its largest byte-counting bar (the whole snapshot's bytes written)."""
+    from tqdm.auto import tqdm
+
+    seen = {"done": 0, "total": 0}     # the largest so far: the transfer and write bars share one total
+
+    class _Reporter(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)
+            super().__init__(*args, **{**kwargs, "file": open(os.devnull, "w"), "disable": False})  # noqa: SIM115
+
+        def _report(self):
+            if getattr(self, "unit", "") == "B" and getattr(self, "total", 0):
+                done, total = max(seen["done"], int(self.n)), max(seen["total"], int(self.total))
+                if (done, total) != (seen["done"], seen["total"]):
+                    seen.update(done=done, total=total)
+                    on_progress(min(done, total), total)
+
+        def update(self, n=1):
+            out = super().update(n)
+            self._report()
+            return out
+
+        def refresh(self, *args, **kwargs):
+            out = super().refresh(*args, **kwargs)
+            self._report()
+            return out
+
+        def close(self):
+            fp = getattr(self, "fp", None)
+            super().close()
+            if fp is not None and fp not in (sys.stderr, sys.stdout):
+                try:
+                    fp.close()
+                except (AttributeError, OSError):
+                    pass
+
+    return _Reporter
+
+
 def _hub_error_reason(exc: Exception, spec: ModelSpec, revision: str | None) -> str:
     errors = sys.modules.get("huggingface_hub.errors")  # imported by huggingface_hub's HfApi
 
@@ -289,7 +345,8 @@ def _hub_error_reason(exc: Exception, spec: ModelSpec, revision: str | None) -> 
     return f"the download failed ({detail})"
 
 
-def _fetch(spec: ModelSpec, revision: str | None, cache: Path, *, record_explicit: bool, progress: bool) -> Path:
+def _fetch(spec: ModelSpec, revision: str | None, cache: Path, *, record_explicit: bool, progress: bool,
+           on_progress=None) -> Path:
     try:
         import huggingface_hub as hf
     except ImportError as exc:  # pragma: no cover - a dependency of the engine
@@ -305,10 +362,11 @@ def _fetch(spec: ModelSpec, revision: str | None, cache: Path, *, record_explici
             _write_record(spec, cache, commit, "main")
         show_licence_notice()
         logger.info("Downloading %s (%s @ %s) into %s", spec.name, spec.repo_id, commit, cache)
-        with _progress_bars(hf, progress):
+        extra = {"tqdm_class": byte_reporter(on_progress)} if on_progress is not None else {}
+        with _progress_bars(hf, progress and on_progress is None):
             path = Path(hf.snapshot_download(
                 spec.repo_id, revision=commit, cache_dir=str(cache),
-                allow_patterns=allow_patterns(spec), ignore_patterns=IGNORE_PATTERNS))
+                allow_patterns=allow_patterns(spec), ignore_patterns=IGNORE_PATTERNS, **extra))
     except Exception as exc:
         raise WeightsUnavailableError(spec.name, _hub_error_reason(exc, spec, rev), cache_dir=cache) from exc
     missing = _missing_files(path, spec)

@@ -63,6 +63,9 @@ def http_error(cls, message: str, status: int):
     return err
 
 
+_REAL_SNAPSHOT_DOWNLOAD = huggingface_hub.snapshot_download
+
+
 class FakeHub:
     """Stands in for HfApi.model_info and snapshot_download; records every call."""
 
@@ -92,6 +95,8 @@ class FakeHub:
 
     def snapshot_download(self, repo_id, *, revision=None, cache_dir=None, allow_patterns=None,
                           ignore_patterns=None, **kwargs):
+        if kwargs.get("local_files_only"):  # a cache lookup, no network: the real function reads the fake cache
+            return _REAL_SNAPSHOT_DOWNLOAD(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True)
         assert not self.forbid_network, f"snapshot_download({repo_id}) must not be called"
         self.snapshot_calls.append(dict(repo_id=repo_id, revision=revision, cache_dir=cache_dir,
                                         allow_patterns=allow_patterns, ignore_patterns=ignore_patterns))

@@ -6,7 +6,7 @@ from diffusers.models.attention import FeedForward
 
 from engine.models.ff_chunk import FF_MAX_TOKENS, chunk_feed_forward
 from engine.perf import cost_model
-from engine.perf.models import build_components
+from engine.pipelines.random_components import build_components
 from engine.pipelines import ForwardRenderer, InverseRenderer
 
 

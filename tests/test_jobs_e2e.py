@@ -138,7 +138,7 @@ def test_forward_on_a_blender_render_folder(ckpts, tmp_path, version):
 
 
 def test_reference_png_layout(tmp_path):
-    from engine.frames_io import write_png
+    from engine.io.images import write_png
     from engine.jobs.gbuffer_inputs import GBufferInputError, load_gbuffer_clips
 
     clip = tmp_path / "demo1"
@@ -204,7 +204,7 @@ def test_25_fps_video_keeps_its_rate_numbers_and_size(tiny_inverse, tmp_path):
 
 
 def test_numbered_sequence_keeps_numbers_and_takes_source_fps(tiny_inverse, tmp_path):
-    from engine.frames_io import write_png
+    from engine.io.images import write_png
     from engine.gbuffer import open_gbuffer_set
     from engine.jobs.inverse_job import run_inverse
 
@@ -225,7 +225,7 @@ def test_numbered_sequence_keeps_numbers_and_takes_source_fps(tiny_inverse, tmp_
 
 
 def test_colorspace_decides_the_input_conversion_and_crop_is_reported(tiny_inverse, tmp_path):
-    from engine.frames_io import write_png
+    from engine.io.images import write_png
     from engine.gbuffer import open_gbuffer_set, srgb_to_linear
     from engine.jobs.common import JobError
     from engine.jobs.inverse_job import run_inverse

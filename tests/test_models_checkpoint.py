@@ -84,7 +84,12 @@ def test_unet_roundtrip_and_sharded_index(tmp_path):
     for fname, ks in shards.items():
         save_file({k: state[k].contiguous() for k in ks}, str(folder / fname))
         weight_map.update({k: fname for k in ks})
-    (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointMismatchError, match="has no \"metadata\" object"):
+        load_unet(folder)
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     unet = load_unet(folder)
     assert isinstance(unet, DRUNet)
     assert all(torch.equal(unet.state_dict()[k], state[k]) for k in keys)

@@ -12,11 +12,12 @@ from engine.cli import main as cli_main
 from engine.models import build_unet_from_config
 from engine.perf import cost_model
 from engine.perf.bench import FIVE, run_bench, synthetic_hdri
-from engine.perf.memory import apply_memory_mode, memory_plan
 from engine.perf.meta_trace import trace
-from engine.perf.models import FULL, FULL_PARAMETERS, build_components, configs_for
+from engine.models.published_configs import FULL, FULL_PARAMETERS
 from engine.perf.reference_pattern import reference_forward, reference_inverse
 from engine.pipelines import EnvLight, ForwardRenderer, InverseRenderer
+from engine.pipelines.memory import memory_plan
+from engine.pipelines.random_components import build_components, configs_for
 from engine.pipelines.zero_context import ZeroContextSkip
 
 F, H, W = 3, 64, 64
@@ -103,16 +104,28 @@ def test_memory_modes_keep_the_numbers(clip):
     video, _ = clip
     base = InverseRenderer(build_components("inverse", "tiny", device="cpu"))
     low = InverseRenderer(build_components("inverse", "tiny", device="cpu"))
-    plan = apply_memory_mode(low.c, "low-vram")
-    assert plan.ff_chunking and plan.decode_chunk == 2 and plan.unet_items == 1 and low.vae._dr_encode_chunk == 1
+    plan = low.enable_memory_mode("low-vram")
+    assert plan.ff_chunking and plan.decode_chunk == 2 and plan.unet_items == 1
+    assert (low.memory, low.encode_chunk, base.encode_chunk, low.offloaded) == ("low-vram", 1, 4, False)  # CPU: no offload
     chunked = [m for m in low.unet.modules() if getattr(m, "_chunk_size", None) == 1]
     assert len(chunked) == 32                                # 16 spatial + 16 temporal transformer blocks
+    assert not [m for m in base.unet.modules() if getattr(m, "_chunk_size", None)]
+    vae_calls = {"encode": [], "decode": []}
+    for op in vae_calls:                                     # the renderer's mode reaches the VAE calls
+        original = getattr(low.vae, op)
+        setattr(low.vae, op, lambda x, *a, _o=original, _n=vae_calls[op], **k: _n.append(x.shape[0]) or _o(x, *a, **k))
     kw = dict(passes=FIVE[:3], num_inference_steps=2, decode_chunk_size=F)
-    a, b = base(video, **kw), low(video, pass_batch=plan.unet_items, **kw)
+    a = base(video, **dict(kw, decode_chunk_size=2))       # the decode chunk low-vram caps to (overlap 0 asked)
+    b = low(video, **kw)                                     # one pass per UNet batch, decode 2 frames a call
+    assert vae_calls["encode"] == [1] * F and max(vae_calls["decode"]) == 2 and len(vae_calls["decode"]) >= 2 * 3
     for p in kw["passes"]:
         np.testing.assert_allclose(a[p], b[p], atol=1e-4)
+    assert low.enable_memory_mode("low-vram") == plan        # same mode again: nothing changes
+    with pytest.raises(ValueError, match="already runs in memory mode 'low-vram'"):
+        low.enable_memory_mode("minimal")
     with pytest.raises(ValueError, match="memory mode must be one of default, low-vram, minimal"):
         memory_plan("tiny")
+    assert memory_plan("low-vram").decode(8, 2) == (2, 1) and memory_plan("default").decode(8, 9) == (8, 7)
 
 
 # ------------------------------------------------------------------------------------------ bench
@@ -192,7 +205,7 @@ def test_cost_model_orders_modes_and_sizes():
 
 
 def test_estimate_over_the_protocol():
-    from engine.perf.job_estimate import estimate_job
+    from engine.jobs.job_estimate import estimate_job
 
     msg = protocol.estimate("forward", {"width": 1920, "height": 1080, "frames": 30, "lights": 2},
                             {"steps": 10, "memory": "low-vram", "device": "cuda"}, id=7)

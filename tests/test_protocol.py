@@ -16,11 +16,11 @@ GB = {"input": "/renders/shot010", "previews": False}
 def test_version_and_pass_list_match_the_engine():
     from engine.pipelines import PASS_INDEX
 
-    from engine.perf.memory import MEMORY_MODES
+    from engine.pipelines.memory import PLANS
 
     assert P.PROTOCOL_VERSION == (1, 2) and P.VERSION == "1.2"
     assert list(P.PASSES) == list(PASS_INDEX)
-    assert P.MEMORY_MODES == MEMORY_MODES
+    assert P.MEMORY_MODES == tuple(PLANS)
     assert P.JOB_KINDS == ("inverse", "forward", "gbuffers") and "convert" in P.PROGRESS_STAGES
 
 

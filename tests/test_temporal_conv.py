@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from engine.models.temporal_conv import TemporalConv3d, default_fold, fold_temporal_convs, unfold_temporal_convs
-from engine.perf.models import build_components
+from engine.pipelines.random_components import build_components
 from engine.perf.reference_pattern import as_reference
 from engine.pipelines import InverseRenderer
 

@@ -58,7 +58,7 @@ def _update_manifest(gset: GBufferSet, key: str, value) -> None:
 def write_previews(gset, passes=None, *, update_manifest: bool = True) -> dict[str, list[Path]]:
     """Write `previews/<pass>/<pass>.####.png` for every pass (or `passes`); record the patterns in the
     manifest's `previews` (rewritten atomically) unless update_manifest=False. Returns the paths."""
-    from engine.frames_io import write_png
+    from engine.io.images import write_png
 
     gset = _set(gset)
     out: dict[str, list[Path]] = {}

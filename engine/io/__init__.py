@@ -5,6 +5,7 @@
 * :mod:`.clip` — the lazy :class:`Clip` interface and the frame-selection rule;
 * :mod:`.sequence` — frame files, image sequences, :func:`open_clip`, :func:`find_clips`;
 * :mod:`.video` — video clips through the bundled ffmpeg, :func:`write_mp4`.
+* :mod:`.images` — plain PNG/JPEG/TIFF files as float arrays, :func:`~.images.write_png`.
 """
 from .blender_exr import BlenderPasses, canonical_pass_name, detect_layout, read_blender_passes
 from .clip import FRAME_SUFFIXES, VIDEO_SUFFIXES, Clip, select_frames

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -28,7 +28,7 @@ from engine.jobs.segments import noise_for, plan_segments, run_segments
 class ForwardSettings(JobSettings):
     model: str = _default("model", "forward")
     lora_scale: float = _default("lora_scale")
-    guidance: float = _default("guidance")
+    guidance: float | list = _default("guidance")   # or [min, max]: ramped over each window's frames
     rotate_light: bool = _default("rotate_light")
     fixed_frame: Optional[int] = _default("fixed_frame")
     elevation: float = _default("elevation")
@@ -36,6 +36,7 @@ class ForwardSettings(JobSettings):
     env_rotation: float = _default("env_rotation")
     env_strength: float = _default("env_strength")
     env_flip: bool = _default("env_flip")
+    hdri_settings: Optional[list] = _default("hdri_settings")   # per HDRI: {rotation, strength, flip}
     camera_follow: bool = _default("camera_follow")
     env_resolution: tuple = parse_size(_default("env_resolution"))[::-1]   # (H, W)
 
@@ -67,7 +68,9 @@ def _light_for(clip, hdri: Path, settings: ForwardSettings, n: int):
 
 
 def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, renderer, *, listener=None,
-                     should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True) -> ClipResult:
+                     should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True,
+                     light_of: tuple = (1, 1)) -> ClipResult:
+    """Relight one clip under one HDRI; ``light_of`` = (index, count) of this HDRI among the job's (progress)."""
     from engine.gbuffer import GBufferSetWriter, srgb_to_linear, write_pass_video, write_previews
     from engine.gbuffer import make_provenance
 
@@ -96,7 +99,7 @@ def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, ren
     w, h = size
     noise = noise_for((1, n, 4, h // renderer.vae_factor, w // renderer.vae_factor), seed)
     progress = Progress(denoise_calls(segments, settings), f"forward {clip.name} × {hdri.stem}", listener,
-                        show_progress)
+                        show_progress, extra={"light": int(light_of[0]), "lights": int(light_of[1])})
     computed = []
     dec_chunk, dec_overlap = decode_settings(settings)
 
@@ -130,6 +133,7 @@ def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, ren
         raise JobError(str(exc)) from None
     for idx, frame in run_segments(segments, compute, cache):
         writer.write_frame("relit", clip.frame_numbers[idx], srgb_to_linear(frame["relit"]))
+    progress.stage("write")
     progress.close()
     gset = writer.finish()
     if settings.previews:
@@ -140,6 +144,20 @@ def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, ren
     result.warnings = list(clip.warnings) + framing.warnings() + list(writer.warnings)
     result.seconds = {"total": round(time.monotonic() - t0, 2)}
     return result
+
+
+def light_settings(settings: ForwardSettings, n: int) -> list:
+    """The settings of each of ``n`` HDRIs: ``hdri_settings[i]``'s rotation / strength / flip over the job's
+    env_rotation / env_strength / env_flip."""
+    items = settings.hdri_settings
+    if items is None:
+        return [settings] * n
+    if len(items) != n:
+        raise JobError(f"hdri_settings has {len(items)} entries for {n} HDRIs (one per HDRI, in order)")
+    return [replace(settings, hdri_settings=None,
+                    env_rotation=float(item.get("rotation", settings.env_rotation)),
+                    env_strength=float(item.get("strength", settings.env_strength)),
+                    env_flip=bool(item.get("flip", settings.env_flip))) for item in items]
 
 
 def run_forward(gbuffers, hdris, out, settings: ForwardSettings, *, renderer=None, listener=None,
@@ -167,10 +185,12 @@ def run_forward(gbuffers, hdris, out, settings: ForwardSettings, *, renderer=Non
     t_load = 0.0
     if renderer is None:
         renderer, t_load = load_renderer("forward", settings)
+    lights = light_settings(settings, len(hdris))
     results = []
     for clip in clips:
-        for hdri in hdris:
+        for i, hdri in enumerate(hdris, 1):
             target = (out / clip.name if len(clips) > 1 else out) / hdri.stem
-            results.append(run_forward_clip(clip, hdri, target, settings, renderer, listener=listener,
-                                            should_cancel=should_cancel, show_progress=show_progress))
+            results.append(run_forward_clip(clip, hdri, target, lights[i - 1], renderer, listener=listener,
+                                            should_cancel=should_cancel, show_progress=show_progress,
+                                            light_of=(i, len(hdris))))
     return job_summary("forward", gbuffers, out, t0, t_load, results)

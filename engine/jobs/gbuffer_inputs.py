@@ -17,12 +17,13 @@ import numpy as np
 
 from engine.contract.gbuffer_set import FORWARD_PASSES
 from engine.contract.render_json import FILE_NAME as RENDER_JSON
+from engine.errors import UserError
 
 REQUIRED = FORWARD_PASSES   # the forward model's inputs
 _REF_PNG = re.compile(r"^(?P<key>[^.]+)\.(?P<frame>\d+)\.(?P<pass>[a-z_]+)\.png$", re.IGNORECASE)
 
 
-class GBufferInputError(ValueError):
+class GBufferInputError(UserError, ValueError):
     """The G-buffer input cannot be used; the message names the file and the fix."""
 
 

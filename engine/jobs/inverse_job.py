@@ -10,7 +10,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from engine.contract import params
 from engine.contract.params import default as _default
 from engine.jobs.common import (JobError, JobSettings, Progress, ResumeCache, check_writable, decode_settings,
                                file_identity, job_summary, load_renderer, settings_key)
@@ -28,7 +27,7 @@ class InverseSettings(JobSettings):
     fps: Optional[float] = _default("fps")                   # output rate by frame selection (None: the source's)
     source_fps: Optional[float] = _default("source_fps")     # an image sequence's rate (a video's own when overridden)
     first_frame: Optional[int] = _default("first_frame")     # number of a video's first frame (None: 1)
-    colorspace: str = _default("colorspace")                 # auto | srgb | linear: colour space of the input frames
+    colorspace: str = _default("colorspace")                 # auto | srgb | linear | an OCIO name (engine/colour.py)
 
 
 @dataclass
@@ -62,21 +61,33 @@ def denoise_calls(segments, settings) -> int:
 
 def pass_batch(settings) -> int:
     """Passes per UNet batch: all of them, or as the memory mode allows."""
-    from engine.perf.memory import memory_plan
+    from engine.pipelines.memory import memory_plan
 
     return memory_plan(settings.memory).unet_items or len(settings.passes)
 
 
-COLORSPACES = params.param("colorspace", "inverse").choices
 # model outputs (model encodings) → how they are resampled back to the output size
 _OUTPUT_KINDS = {"normal": "normal-encoded"}
 
 
-def input_is_linear(clip, colorspace: str) -> bool:
-    """Whether the clip's values are linear: ``auto`` = EXR (and float TIFF) linear, the rest sRGB."""
-    if colorspace not in COLORSPACES:
-        raise JobError(f"colorspace {colorspace!r}: choose one of {', '.join(COLORSPACES)}")
-    return clip.is_linear if colorspace == "auto" else colorspace == "linear"
+def input_colour(clip, colorspace: str):
+    """The clip's colour space under the ``colorspace`` setting (engine/colour.py: ``linear`` — values are, or
+    are converted to, scene-linear Rec.709; ``convert`` — the OpenColorIO conversion, None for sRGB/linear)."""
+    from engine import colour
+
+    try:
+        return colour.input_colour(clip, colorspace)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+
+
+def check_colorspace(colorspace: str) -> None:
+    from engine import colour
+
+    try:
+        colour.check(colorspace)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
 
 
 def fps_warnings(clip) -> list[str]:
@@ -133,7 +144,8 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
         n = len(clip)
         if n == 0:
             raise JobError(f"{clip_path}: the clip has zero frames")
-        linear = input_is_linear(clip, settings.colorspace)
+        colour_in = input_colour(clip, settings.colorspace)
+        linear = colour_in.linear
         size = processing_size(clip.size, settings.resolution)
         mult = renderer.size_multiple
         if size[0] % mult or size[1] % mult:
@@ -163,7 +175,7 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
         dec_chunk, dec_overlap = decode_settings(settings)
 
         def compute(k, s, e):
-            raw = clip.read_range(s, e)
+            raw = colour_in.convert(clip.read_range(s, e))      # → scene-linear Rec.709 when not sRGB/linear
             frames = to_processing(raw, framing)
             display = linear_to_srgb(frames) if linear else np.clip(frames, 0.0, 1.0)
             out_ = renderer(display, settings.passes, num_inference_steps=settings.steps, seed=None,
@@ -182,7 +194,8 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
             "provenance": make_provenance("inverse-model", model=settings.model, revision=settings.revision,
                                           settings={**{k: (list(v) if isinstance(v, tuple) else v) for k, v in
                                                        asdict(settings).items()}, "key": key, "seed": seed,
-                                                    "framing": framing.record(), "input_linear": linear},
+                                                    "framing": framing.record(), "input_linear": linear,
+                                                    "input_colour": colour_in.record()},
                                           source=str(Path(clip_path).resolve())),
         }
         t_compute = time.monotonic()
@@ -197,6 +210,7 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
             for name, arr in from_model_outputs(outputs).items():
                 writer.write_frame(name, number, arr[0])
             writer.write_frame("rgb", number, frame["input"])
+        progress.stage("write")
         progress.close()
         gset = writer.finish()
         t_write = time.monotonic()
@@ -222,8 +236,7 @@ def run_inverse(input_path, out, settings: InverseSettings, *, renderer=None, li
     t0 = time.monotonic()
     input_path, out = Path(input_path), Path(out)
     check_settings(settings)
-    if settings.colorspace not in COLORSPACES:
-        raise JobError(f"colorspace {settings.colorspace!r}: choose one of {', '.join(COLORSPACES)}")
+    check_colorspace(settings.colorspace)
     try:
         clips = find_clips(input_path)
     except (FileNotFoundError, ValueError) as exc:

@@ -6,10 +6,10 @@ from .checkpoint import (
     load_env_encoder,
     load_unet,
     load_vae,
-    load_verified_weights,
     read_config,
     read_root_config,
     read_safetensors_header,
+    verified_header,
     verify_header_against_module,
 )
 from .env_encoder import DEFAULT_IN_LABELS, EnvEncoder, build_env_encoder_from_config
@@ -34,12 +34,12 @@ __all__ = [
     "load_lora",
     "load_unet",
     "load_vae",
-    "load_verified_weights",
     "make_group_norm_inputs_contiguous",
     "read_config",
     "read_root_config",
     "read_safetensors_header",
     "spatio_temporal_transformer_forward",
     "vae_scale_factor",
+    "verified_header",
     "verify_header_against_module",
 ]

@@ -5,27 +5,29 @@ Every component folder (``unet/``, ``vae/``, ``env_encoder/``) holds a ``config.
 accepted).  Loading is:
 
 1. read ``config.json`` and build the module on the ``meta`` device (no memory, no random init);
-2. read only the safetensors *header* and compare it with the module's state dict: every key
-   present, none extra, same shapes, floating dtypes -- otherwise :class:`CheckpointMismatchError`
-   naming the folder and the offending keys;
-3. read the tensors one by one, cast them to the requested dtype, move them to the device and
-   ``load_state_dict(strict=True, assign=True)``.
+2. read only the safetensors *header* (``safetensors.safe_open``) and compare it with the module's state
+   dict: every key present, none extra, same shapes, floating dtypes -- otherwise
+   :class:`CheckpointMismatchError` naming the folder and the offending keys;
+3. load it with diffusers' ``ModelMixin.from_pretrained`` (local files only, ``torch_dtype``,
+   ``output_loading_info=True``: anything it reports missing, unexpected or mismatched is an error too),
+   then move it to the device.
 
 The original checkpoints' root ``config.json`` is an empty (0-byte) file; :func:`read_config`
-returns ``{}`` for it.  Nothing here uses ``DiffusionPipeline.from_pretrained`` (the released
-``model_index.json`` refers to the original project's Python modules).
+returns ``{}`` for it.  The components load one by one, not through ``DiffusionPipeline.from_pretrained``
+(the released ``model_index.json`` refers to the original project's Python modules).
 """
 from __future__ import annotations
 
 import json
 import logging
-import struct
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+
+from engine.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +37,10 @@ WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 
 _FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
 _LIST_LIMIT = 10
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint folder does not match the module its config describes (or cannot be read).
 
     Attributes: ``folder``, ``missing`` (keys the module needs but the file lacks), ``unexpected``
@@ -122,36 +123,21 @@ def read_root_config(root) -> dict:
 
 # ---------------------------------------------------------------------- safetensors headers
 def read_safetensors_header(path) -> dict[str, dict]:
-    """Parse only the JSON header of a safetensors file -> ``{name: {"dtype": str, "shape": [..]}}``."""
+    """Only the header of a safetensors file (the ``safetensors`` library's ``safe_open``, which checks
+    that every tensor lies inside the file) -> ``{name: {"dtype": str, "shape": [..]}}``."""
+    from safetensors import SafetensorError, safe_open
+
     path = Path(path)
-    size = path.stat().st_size
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) != 8:
-                raise ValueError("file shorter than 8 bytes")
-            (n,) = struct.unpack("<Q", raw)
-            if n <= 0 or n > _MAX_HEADER_BYTES or n > size - 8:
-                raise ValueError(f"header length {n} is impossible for a {size}-byte file")
-            header = json.loads(fh.read(n))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointMismatchError(path.parent, reason=f"{path.name} is not a readable safetensors file ({exc})") from None
-    if not isinstance(header, dict):
-        raise CheckpointMismatchError(path.parent, reason=f"{path.name} has a malformed header")
-    out = {}
-    data_len = size - 8 - n
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            dtype, shape, (start, end) = info["dtype"], list(info["shape"]), info["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointMismatchError(path.parent, reason=f"{path.name}: malformed header entry {key!r}") from None
-        if not (0 <= start <= end <= data_len):
-            raise CheckpointMismatchError(
-                path.parent, reason=f"{path.name} is truncated or corrupt: tensor {key!r} lies outside the file")
-        out[key] = {"dtype": dtype, "shape": shape}
-    return out
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            slices = {key: fh.get_slice(key) for key in fh.keys()}
+            return {key: {"dtype": sl.get_dtype(), "shape": list(sl.get_shape())} for key, sl in slices.items()}
+    except SafetensorError as exc:
+        if "incomplete metadata" in str(exc) or "not fully covered" in str(exc):
+            reason = f"{path.name} is truncated or corrupt (a tensor lies outside the file: {exc})"
+        else:
+            reason = f"{path.name} is not a readable safetensors file ({exc})"
+        raise CheckpointMismatchError(path.parent, reason=reason) from None
 
 
 def find_weight_files(folder) -> list[Path]:
@@ -172,6 +158,9 @@ def find_weight_files(folder) -> list[Path]:
         for p in paths:
             if not p.is_file():
                 raise CheckpointFileMissingError(folder, p, "weights shard")
+        if not isinstance(data.get("metadata"), dict):   # diffusers' sharded loading reads it
+            raise CheckpointMismatchError(folder, reason=f"{index.name} has no \"metadata\" object (a Hugging Face "
+                                                         "shard index has {\"metadata\": {\"total_size\": …}})")
         return paths
     raise CheckpointFileMissingError(folder, folder / WEIGHTS_NAME, "weights file")
 
@@ -189,77 +178,79 @@ def verify_header_against_module(folder, header: Mapping[str, Mapping], module: 
                                       bad_dtype=bad_dtype, what=what)
 
 
-def load_verified_weights(module: nn.Module, folder, *, dtype: torch.dtype = torch.float32,
-                          device: str | torch.device = "cpu", what: str = "module") -> nn.Module:
-    """Verify the folder's safetensors header(s) against ``module`` (usually on ``meta``), then load strictly.
-
-    Tensors are read one at a time, cast to ``dtype`` and moved to ``device``; the module's
-    parameters are replaced (``assign=True``), so a meta-device module ends up fully materialised.
-    """
-    from safetensors import safe_open
-
+def verified_header(folder, module: nn.Module, what: str = "module") -> tuple[list[Path], dict]:
+    """The weight files of ``folder`` and their merged header, verified against ``module`` (usually on
+    ``meta``): :class:`CheckpointMismatchError` naming every missing/unexpected/mismatched key otherwise."""
     folder = Path(folder)
     files = find_weight_files(folder)
     header: dict[str, dict] = {}
-    owner: dict[str, Path] = {}
     for f in files:
         for k, v in read_safetensors_header(f).items():
             if k in header:
                 raise CheckpointMismatchError(folder, reason=f"tensor {k!r} appears in more than one shard")
             header[k] = v
-            owner[k] = f
     verify_header_against_module(folder, header, module, what=what)
+    return files, header
 
-    device = torch.device(device)
-    state = {}
+
+def _from_pretrained(cls, folder: Path, files: list[Path], *, dtype, device, what: str) -> nn.Module:
+    """diffusers' ``from_pretrained`` on a verified local folder: strict (any key it reports missing,
+    unexpected or mismatched is an error), offline, cast to ``dtype``, then moved to ``device``."""
+    variant = "fp16" if files[0].name == WEIGHTS_NAME_FP16 else None
     try:
-        for f in files:
-            with safe_open(str(f), framework="pt", device="cpu") as fh:
-                for key in fh.keys():
-                    state[key] = fh.get_tensor(key).to(device=device, dtype=dtype)
-    except Exception as exc:  # safetensors raises its own error types for corrupt payloads
+        module, info = cls.from_pretrained(str(folder), torch_dtype=dtype, variant=variant, use_safetensors=True,
+                                           low_cpu_mem_usage=True, local_files_only=True, output_loading_info=True)
+    except Exception as exc:  # safetensors/diffusers raise their own error types for corrupt payloads
         raise CheckpointMismatchError(folder, reason=f"cannot read the weights ({type(exc).__name__}: {exc})") from exc
-    result = module.load_state_dict(state, strict=True, assign=True)
-    del state
-    if getattr(result, "missing_keys", None) or getattr(result, "unexpected_keys", None):  # pragma: no cover
-        raise CheckpointMismatchError(folder, missing=result.missing_keys, unexpected=result.unexpected_keys, what=what)
+    if any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")):
+        raise CheckpointMismatchError(folder, missing=info.get("missing_keys", ()),   # pragma: no cover - verified
+                                      unexpected=info.get("unexpected_keys", ()),
+                                      shape_mismatched=info.get("mismatched_keys", ()),
+                                      reason="; ".join(info.get("error_msgs") or ()) or None, what=what)
     leftovers = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if leftovers:  # pragma: no cover - no module here has non-persistent buffers
         raise CheckpointMismatchError(folder, reason=f"tensors not materialised after loading: {leftovers[:_LIST_LIMIT]}")
+    module.to(device=torch.device(device))
     module.requires_grad_(False)
-    module.eval()
-    log.info("loaded %s from %s (%d tensors, %s, %s)", what, folder, len(header), str(dtype).replace("torch.", ""), device)
-    return module
+    return module.eval()
 
 
-def _load_component(folder, builder: Callable, what: str, dtype, device) -> nn.Module:
+def _load_component(folder, cls, builder: Callable, what: str, dtype, device) -> nn.Module:
+    """Verify ``folder`` against the module its config.json builds (on ``meta``: no memory), then load it
+    with diffusers' ``from_pretrained``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointFileMissingError(folder, folder, "component folder")
     config = read_config(folder / CONFIG_NAME)
     try:
-        module = builder(config, device="meta")
+        skeleton = builder(config, device="meta")
     except (TypeError, ValueError, NotImplementedError) as exc:
         raise CheckpointMismatchError(folder, reason=f"config.json cannot build a {what}: {exc}") from exc
-    return load_verified_weights(module, folder, dtype=dtype, device=device, what=what)
+    files, header = verified_header(folder, skeleton, what)
+    del skeleton
+    module = _from_pretrained(cls, folder, files, dtype=dtype, device=device, what=what)
+    log.info("loaded %s from %s (%d tensors, %s, %s)", what, folder, len(header), str(dtype).replace("torch.", ""),
+             device)
+    return module
 
 
 def load_unet(folder, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Build a :class:`~engine.models.unet.DRUNet` from ``folder/config.json`` and load its weights (verified)."""
-    from .unet import build_unet_from_config
+    from .unet import DRUNet, build_unet_from_config
 
-    return _load_component(folder, build_unet_from_config, "DiffusionRenderer UNet", dtype, device)
+    return _load_component(folder, DRUNet, build_unet_from_config, "DiffusionRenderer UNet", dtype, device)
 
 
 def load_vae(folder, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Build diffusers' ``AutoencoderKLTemporalDecoder`` from ``folder/config.json`` and load it (verified)."""
-    from .vae import build_vae_from_config
+    from .vae import AutoencoderKLTemporalDecoder, build_vae_from_config
 
-    return _load_component(folder, build_vae_from_config, "AutoencoderKLTemporalDecoder", dtype, device)
+    return _load_component(folder, AutoencoderKLTemporalDecoder, build_vae_from_config, "AutoencoderKLTemporalDecoder",
+                           dtype, device)
 
 
 def load_env_encoder(folder, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """Build an :class:`~engine.models.env_encoder.EnvEncoder` from ``folder/config.json`` and load it (verified)."""
-    from .env_encoder import build_env_encoder_from_config
+    from .env_encoder import EnvEncoder, build_env_encoder_from_config
 
-    return _load_component(folder, build_env_encoder_from_config, "EnvEncoder", dtype, device)
+    return _load_component(folder, EnvEncoder, build_env_encoder_from_config, "EnvEncoder", dtype, device)

@@ -7,7 +7,6 @@ Output: one feature map per block (block 0 keeps the resolution, blocks 1.. end 
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -16,9 +15,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d_blocks import DownEncoderBlock2D
 
-from ._config import construct_on, init_kwargs_from_config
-
-log = logging.getLogger(__name__)
+from ._config import build_from_config
 
 DEFAULT_IN_LABELS = ("env_ldr", "env_log", "env_nrm")
 
@@ -83,7 +80,4 @@ class EnvEncoder(ModelMixin, ConfigMixin):
 
 def build_env_encoder_from_config(config: Mapping[str, Any], device: str | torch.device = "meta",
                                   dtype: torch.dtype | None = None) -> EnvEncoder:
-    kwargs, ignored = init_kwargs_from_config(EnvEncoder, config)
-    if ignored:
-        log.info("env_encoder config: ignoring unknown keys %s", ignored)
-    return construct_on(EnvEncoder, kwargs, device, dtype)
+    return build_from_config(EnvEncoder, config, device, dtype)

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from engine.errors import UserError
+
 log = logging.getLogger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
@@ -31,7 +33,7 @@ _ALPHA_RE = re.compile(r"^(?P<module>.+?)\.alpha$")
 _KIND = {"lora_A": "A", "lora.down": "A", "lora_down": "A", "lora_B": "B", "lora.up": "B", "lora_up": "B"}
 
 
-class LoraLoadError(RuntimeError):
+class LoraLoadError(UserError, RuntimeError):
     """A LoRA file could not be applied; names the file and the reason."""
 
     def __init__(self, path, reason: str):

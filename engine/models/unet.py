@@ -18,7 +18,6 @@ up/down samplers, time embeddings) is diffusers' own module.
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -27,11 +26,9 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.attention_processor import Attention
 from diffusers.models.unets.unet_spatio_temporal_condition import UNetSpatioTemporalConditionModel
 
-from ._config import construct_on, init_kwargs_from_config
+from ._config import build_from_config
 from .unet_blocks import down_cross, mid, up_cross
 from .unet_lora import LoraControls
-
-log = logging.getLogger(__name__)
 
 #: Pass-index vocabulary of the inverse model (MODEL_SPEC §4.2).
 GBUFFER_INDEX = {"basecolor": 0, "metallic": 1, "roughness": 2, "normal": 3, "depth": 4, "diffuse_albedo": 5}
@@ -345,7 +342,4 @@ def build_unet_from_config(config: Mapping[str, Any], device: str | torch.device
                            dtype: torch.dtype | None = None) -> DRUNet:
     """Construct a :class:`DRUNet` from a ``unet/config.json`` dict (unknown keys ignored), without weights
     when ``device="meta"``."""
-    kwargs, ignored = init_kwargs_from_config(DRUNet, config)
-    if ignored:
-        log.info("unet config: ignoring unknown keys %s", ignored)
-    return construct_on(DRUNet, kwargs, device, dtype)
+    return build_from_config(DRUNet, config, device, dtype)

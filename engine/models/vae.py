@@ -1,26 +1,17 @@
 """The SVD video VAE: diffusers' ``AutoencoderKLTemporalDecoder``, built from a ``vae/config.json`` dict."""
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping
 
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_temporal_decoder import AutoencoderKLTemporalDecoder
 
-from ._config import construct_on, init_kwargs_from_config
-
-log = logging.getLogger(__name__)
+from ._config import build_from_config
 
 
 def build_vae_from_config(config: Mapping[str, Any], device: str | torch.device = "meta",
                           dtype: torch.dtype | None = None) -> AutoencoderKLTemporalDecoder:
-    kwargs, ignored = init_kwargs_from_config(AutoencoderKLTemporalDecoder, config)
-    for key in ("down_block_types", "block_out_channels"):
-        if key in kwargs and kwargs[key] is not None:
-            kwargs[key] = tuple(kwargs[key])
-    if ignored:
-        log.info("vae config: ignoring unknown keys %s", ignored)
-    return construct_on(AutoencoderKLTemporalDecoder, kwargs, device, dtype)
+    return build_from_config(AutoencoderKLTemporalDecoder, config, device, dtype)
 
 
 def vae_scale_factor(vae: AutoencoderKLTemporalDecoder) -> int:

@@ -20,9 +20,9 @@ import time
 import numpy as np
 import torch
 
-from engine.contract.gbuffer_set import DEFAULT_PASSES
+from engine.contract.gbuffer_set import DEFAULT_PASSES, FORWARD_PASSES
 from engine.perf.instrument import PeakMemory, StageClock, count_flops, device_peak_tflops
-from engine.perf.models import build_components
+from engine.pipelines.random_components import build_components
 from engine.perf.reference_pattern import reference_forward, reference_inverse
 
 FIVE = DEFAULT_PASSES          # the inverse job's default passes
@@ -46,8 +46,7 @@ def synthetic_hdri(seed: int, height: int = 256) -> np.ndarray:
 def _inputs(frames: int, width: int, height: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     video = rng.random((frames, height, width, 3), dtype=np.float32)
-    gb = {p: rng.random((frames, height, width, 3), dtype=np.float32) for p in ("basecolor", "normal", "depth",
-                                                                               "roughness", "metallic")}
+    gb = {p: rng.random((frames, height, width, 3), dtype=np.float32) for p in FORWARD_PASSES}
     return video, gb
 
 
@@ -169,7 +168,6 @@ def run_bench(*, size: str = "full", width: int = 512, height: int = 512, frames
               device=None, dtype=None, repeats: int = 1, variants=DEFAULT_VARIANTS, reference: bool = True,
               flops: bool = True, env_resolution=None, log=print) -> dict:
     """Run the benchmark; returns one JSON-able dict (see docs/PERFORMANCE.md for the keys)."""
-    from engine.perf.memory import apply_memory_mode
     from engine.pipelines import EnvLight, ForwardRenderer, InverseRenderer
     from engine.pipelines.components import pick_device, pick_dtype
 
@@ -258,12 +256,11 @@ def run_bench(*, size: str = "full", width: int = 512, height: int = 512, frames
     for mode in ("low_vram", "minimal"):
         if mode not in variants:
             continue
-        comps = build_components("forward", size, device=dev, dtype=dt)
-        plan = apply_memory_mode(comps, mode.replace("_", "-"))
-        r = ForwardRenderer(comps)
+        r = ForwardRenderer(build_components("forward", size, device=dev, dtype=dt))
+        plan = r.enable_memory_mode(mode.replace("_", "-"))
         extra = {"decode_chunk_size": plan.decode_chunk or 8, "decode_overlap": plan.decode_overlap or 0}
         case(f"forward_1_{mode}", r, lambda: fwd_call(r, hdrs[:1], **extra))
-        r = comps = None
+        r = None
         _clear(dev)
     _ratios(report)
     return report

@@ -38,10 +38,10 @@ class Profile:
 
 
 def profile_path(device_key: str) -> Path:
-    from engine.server.lifecycle import default_log_dir
+    from engine.user_cache import user_cache_dir
 
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in device_key)
-    return default_log_dir().parent / "perf" / f"{safe}.json"
+    return user_cache_dir() / "perf" / f"{safe}.json"
 
 
 def device_key(device, dtype) -> str:
@@ -108,9 +108,8 @@ def profile_from_bench(report: dict) -> Profile:
 @lru_cache(maxsize=8)
 def _meta_model(part: str, size: str, dtype_name: str, ff_chunking: bool):
     from engine.models import build_env_encoder_from_config, build_unet_from_config, build_vae_from_config
-    from engine.models.ff_chunk import chunk_feed_forward
-    from engine.perf.memory import enable_ff_chunking
-    from engine.perf.models import configs_for
+    from engine.models.ff_chunk import chunk_feed_forward, chunk_feed_forward_per_frame
+    from engine.pipelines.random_components import configs_for
     from engine.pipelines.zero_context import install_zero_context_skip
 
     cfg = configs_for(size)
@@ -120,7 +119,7 @@ def _meta_model(part: str, size: str, dtype_name: str, ff_chunking: bool):
         install_zero_context_skip(m)   # as the pipelines run it (exact shortcuts)
         chunk_feed_forward(m)
         if ff_chunking:
-            enable_ff_chunking(m)
+            chunk_feed_forward_per_frame(m)
     elif part == "vae":
         m = build_vae_from_config(cfg["vae"], device="meta", dtype=torch.float32)
     else:
@@ -193,7 +192,7 @@ def estimate(kind: str, *, width: int, height: int, frames: int, steps: int = 20
              env_resolution=(512, 512), rotate_light: bool = False, memory: str = "default", device="auto",
              dtype="auto", size: str = "full", profile: Profile | None = None, device_memory_gb=None) -> dict:
     """Predicted seconds and peak device memory of an inverse (``passes``) or forward (``lights``) job."""
-    from engine.perf.memory import memory_plan
+    from engine.pipelines.memory import memory_plan
     from engine.pipelines.components import pick_device, pick_dtype
     from engine.pipelines.windows import plan_windows
 

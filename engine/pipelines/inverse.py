@@ -18,6 +18,7 @@ from engine.models.ff_chunk import chunk_feed_forward
 from engine.models.temporal_conv import default_fold, fold_temporal_convs
 from engine.pipelines import sampling
 from engine.pipelines.components import Components, load_components, resolve_checkpoint
+from engine.pipelines.memory import MemoryModes
 from engine.pipelines.vae_codec import decode_frames, encode_mean, to_frames_tensor, vae_scale_factor
 from engine.pipelines.windows import decode_clip, plan_windows, sample_clip
 from engine.pipelines.zero_context import install_zero_context_skip
@@ -38,10 +39,10 @@ def check_size(h: int, w: int, multiple: int, what: str) -> None:
                          f"{max(multiple, round(h / multiple) * multiple)})")
 
 
-class InverseRenderer:
+class InverseRenderer(MemoryModes):
     """De-light a clip into G-buffer passes.
 
-    >>> r = InverseRenderer.from_pretrained("inverse")            # or a checkpoint folder
+    >>> r = InverseRenderer.from_pretrained("inverse")            # or a checkpoint folder; memory="low-vram"
     >>> out = r(frames, passes=["basecolor", "normal"])           # frames (F, H, W, 3) in [0, 1]
     >>> out["normal"].shape                                       # (F, H, W, 3) float32 in [0, 1]
     """
@@ -61,16 +62,20 @@ class InverseRenderer:
 
     @classmethod
     def from_pretrained(cls, path_or_name="inverse", *, revision: Optional[str] = None, device=None, dtype=None,
-                        allow_download: bool = False) -> "InverseRenderer":
+                        allow_download: bool = False, memory: str = "default") -> "InverseRenderer":
+        """Load a published model or checkpoint folder, set up for the memory mode ``memory``
+        (:mod:`engine.pipelines.memory`)."""
         root = resolve_checkpoint(path_or_name, revision=revision, allow_download=allow_download)
-        return cls(load_components(root, kind="inverse", device=device, dtype=dtype))
+        renderer = cls(load_components(root, kind="inverse", device=device, dtype=dtype))
+        renderer.enable_memory_mode(memory)
+        return renderer
 
     def encode_video(self, frames) -> torch.Tensor:
         """frames (F, H, W, 3) in [0, 1] → unscaled condition latents (1, F, 4, h, w)."""
         x = to_frames_tensor(frames, "frames")
         check_size(x.shape[-2], x.shape[-1], self.size_multiple, "frames")
         with autocast_for(self.device, self.dtype):
-            lat = encode_mean(self.vae, x)
+            lat = encode_mean(self.vae, x, self.encode_chunk, self.device)
         return lat.unsqueeze(0)
 
     @torch.no_grad()
@@ -85,7 +90,8 @@ class InverseRenderer:
 
         ``window``: frames the model sees at once (None: the whole clip, as one reference call);
         longer clips are covered by windows overlapping by ``overlap`` frames, blended per ``blend``
-        (see :mod:`engine.pipelines.windows`)."""
+        (see :mod:`engine.pipelines.windows`). ``pass_batch`` (passes per UNet batch) and the decode
+        chunk are capped by the renderer's memory mode."""
         passes = list(dict.fromkeys(passes))
         unknown = [p for p in passes if p not in PASS_INDEX]
         if unknown or not passes:
@@ -101,13 +107,17 @@ class InverseRenderer:
         plan = plan_windows(f, window or f, overlap if window and window < f else 0)
         base_noise = sampling.initial_noise((1, f, 4, h, w), seed, noise).to(self.device)
         results = {}
-        batch = max(1, int(pass_batch or len(passes)))
+        batch = max(1, int(pass_batch or self.plan.unet_items or len(passes)))
+        if self.plan.unet_items:
+            batch = min(batch, self.plan.unet_items)
+        decode_chunk_size, decode_overlap = self.plan.decode(decode_chunk_size, decode_overlap)
         for s in range(0, len(passes), batch):
             group = passes[s:s + batch]
             result = self._sample(group, cond_latents, base_noise, num_inference_steps, fps, motion_bucket_id,
                                   noise_aug_strength, plan, blend, callback, should_cancel)
             with autocast_for(self.device, self.dtype):
-                video = decode_clip(lambda lat: decode_frames(self.vae, lat, decode_chunk_size, decode_overlap),
+                video = decode_clip(lambda lat: decode_frames(self.vae, lat, decode_chunk_size, decode_overlap,
+                                                              self.device),
                                     result, plan, blend)
             for i, name in enumerate(group):
                 results[name] = video[i] if output == "pt" else video[i].cpu().numpy()

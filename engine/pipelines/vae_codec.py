@@ -14,11 +14,9 @@ def vae_scale_factor(vae) -> int:
 ENCODE_CHUNK = 4
 
 
-def execution_device(module) -> torch.device:
-    """Where ``module`` computes: its weights' device, or the device its offload hooks move it to
-    (engine.perf.memory sets ``_dr_execution_device``)."""
-    dev = getattr(module, "_dr_execution_device", None)
-    return torch.device(dev) if dev is not None else next(module.parameters()).device
+def weights_device(module) -> torch.device:
+    """The device of ``module``'s weights (where it computes unless a renderer offloads it)."""
+    return next(module.parameters()).device
 
 
 def to_frames_tensor(frames, name: str = "frames") -> torch.Tensor:
@@ -55,34 +53,37 @@ def to_frames_tensor(frames, name: str = "frames") -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_mean(vae, images: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+def encode_mean(vae, images: torch.Tensor, chunk: int = ENCODE_CHUNK, device=None) -> torch.Tensor:
     """images (N, 3, H, W) in [0, 1] → posterior mean latents (N, 4, h, w) in the VAE's dtype.
 
-    Encoded ``chunk`` images at a time (default: the VAE's ``_dr_encode_chunk`` set by the memory mode,
-    else 4; the encoder has no temporal layers, so chunking is exact). At 512² one fp32 image needs
-    ≈ 0.6 GB of encoder activations."""
-    chunk = int(chunk or getattr(vae, "_dr_encode_chunk", ENCODE_CHUNK))
+    Encoded ``chunk`` images at a time (the renderer's memory mode chooses; the encoder has no temporal
+    layers, so chunking is exact). At 512² one fp32 image needs ≈ 0.6 GB of encoder activations.
+    ``device``: where the VAE computes (default: its weights' device; an offloading renderer passes its own)."""
+    chunk = max(1, int(chunk))
+    device = weights_device(vae) if device is None else device
     param = next(vae.parameters())
     outs = []
     for s in range(0, images.shape[0], chunk):
-        x = images[s:s + chunk].to(device=execution_device(vae), dtype=param.dtype) * 2.0 - 1.0
+        x = images[s:s + chunk].to(device=device, dtype=param.dtype) * 2.0 - 1.0
         outs.append(vae.encode(x.contiguous()).latent_dist.mode())
     return torch.cat(outs, 0)
 
 
 @torch.no_grad()
-def decode_frames(vae, latents: torch.Tensor, decode_chunk_size: int = 8, overlap: int = 0) -> torch.Tensor:
+def decode_frames(vae, latents: torch.Tensor, decode_chunk_size: int = 8, overlap: int = 0,
+                  device=None) -> torch.Tensor:
     """latents (B, F, 4, h, w) → frames (B, F, H, W, 3) float32 in [0, 1].
 
     Like the reference, each chunk of ``decode_chunk_size`` frames is an independent call of the
     temporal decoder (this changes results; the whole clip in one call is ``decode_chunk_size >= F``).
     ``overlap > 0`` decodes overlapping chunks and cross-fades them, removing the flicker the
-    reference shows at chunk boundaries (frames 7|8, 15|16)."""
+    reference shows at chunk boundaries (frames 7|8, 15|16). ``device``: as :func:`encode_mean`."""
     from engine.pipelines.windows import blend, plan_windows, window_weights
 
     b, f = latents.shape[:2]
     param = next(vae.parameters())
-    z = latents.to(device=execution_device(vae), dtype=param.dtype) / vae.config.scaling_factor
+    device = weights_device(vae) if device is None else device
+    z = latents.to(device=device, dtype=param.dtype) / vae.config.scaling_factor
     chunk = max(1, int(decode_chunk_size or f))
     if overlap and f > chunk:
         plan = plan_windows(f, chunk, min(overlap, chunk - 1))

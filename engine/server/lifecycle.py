@@ -88,14 +88,9 @@ def read_lines(fd: int, limit: int) -> Iterator[bytes | Oversize]:
 
 # ----------------------------------------------------------------------------- logging
 def default_log_dir() -> Path:
-    home = Path.home()
-    if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local")
-    elif sys.platform == "darwin":
-        base = home / "Library" / "Caches"
-    else:
-        base = Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache")
-    return base / "diffusion-renderer" / "logs"
+    from engine.user_cache import user_cache_dir
+
+    return user_cache_dir() / "logs"
 
 
 def _prune(folder: Path, keep: int) -> None:

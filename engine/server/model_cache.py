@@ -56,7 +56,7 @@ class ModelCache:
 
     @staticmethod
     def key(kind: str, model: str, revision: str | None, device: str, dtype: str, memory: str = "default") -> tuple:
-        from engine.perf.memory import memory_plan
+        from engine.pipelines.memory import memory_plan
         from engine.pipelines.components import pick_device, pick_dtype
 
         dev = pick_device(device)
@@ -87,15 +87,11 @@ class ModelCache:
             free_device_memory()
         if on_load is not None:
             on_load()
-        from engine.pipelines import ForwardRenderer, InverseRenderer
+        from engine.pipelines.loading import load_renderer
 
-        cls = InverseRenderer if kind == "inverse" else ForwardRenderer
         t0 = time.monotonic()
-        renderer = cls.from_pretrained(model, revision=revision, device=key[3], dtype=key[4],
-                                       allow_download=allow_download)
-        from engine.perf.memory import apply_memory_mode
-
-        apply_memory_mode(renderer.c, key[5])
+        renderer = load_renderer(kind, model, revision=revision, device=key[3], dtype=key[4], memory=key[5],
+                                 allow_download=allow_download)
         seconds = time.monotonic() - t0
         log.info("loaded %s in %.2f s", key, seconds)
         if self.max_models:

@@ -13,13 +13,14 @@ import os
 import platform
 import sys
 import threading
+import time
 from pathlib import Path
 
 from engine import __version__
 from engine.contract import protocol
 from engine.server import lifecycle
 from engine.server.model_cache import ModelCache, cuda_allocated
-from engine.server.worker import DuplicateJob, Job, Worker
+from engine.server.worker import PROGRESS_INTERVAL, DuplicateJob, Job, Worker
 
 log = logging.getLogger("engine.server")
 
@@ -240,7 +241,7 @@ class Server:
         """Predicted time and peak memory of a job (engine/perf/cost_model.py); traced on the meta device
         in a thread of its own (≈ 1–5 s the first time for a size), so a running job is not held up."""
         def run():
-            from engine.perf.job_estimate import estimate_job
+            from engine.jobs.job_estimate import estimate_job
 
             try:
                 est = estimate_job(msg["kind"], msg["size"], msg.get("params"))
@@ -251,6 +252,44 @@ class Server:
             self.send(protocol.estimate_reply(msg["kind"], est, reply_to=msg.get("id")))
 
         threading.Thread(target=run, name="estimate", daemon=True).start()
+
+    def on_download(self, msg: dict) -> None:
+        """Fetch a published model (engine/hub.py, pinned revision) in a thread of its own: ack, progress
+        (stage "download", MiB), then a "result" of kind "download" (out = the snapshot folder) or an error."""
+        rid, job_id, name = msg.get("id"), msg["job"], msg["model"]
+        self.send(protocol.ack("download", rid, job=job_id, state="queued"))
+
+        def report(done: int, total: int, last=[0.0]) -> None:  # noqa: B006 - per-download throttle state
+            now = time.monotonic()
+            if done < total and now - last[0] < PROGRESS_INTERVAL:
+                return
+            last[0] = now
+            self.send(protocol.progress(job_id, "download", done >> 20, max(1, total >> 20),
+                                        elapsed_s=now - started))
+
+        def run() -> None:
+            from engine.hub import WeightsUnavailableError, download
+
+            try:
+                path = download(name, msg.get("revision"), progress=False, on_progress=report)
+            except (WeightsUnavailableError, ValueError) as exc:
+                reason = getattr(exc, "reason", "") or str(exc)
+                self.send(protocol.error("weights_unavailable", f"cannot download {name}: {reason}",
+                                         "check the network connection and that the Hugging Face Hub is reachable",
+                                         job=job_id, reply_to=rid))
+                return
+            except Exception as exc:  # noqa: BLE001 - reported to the client, the log has the traceback
+                log.exception("download of %s failed", name)
+                self.send(protocol.error("internal", f"download of {name} failed: {type(exc).__name__}: {exc}",
+                                         HINTS["internal"], job=job_id, reply_to=rid, log_file=self._log_str()))
+                return
+            self.send(protocol.result(job_id, "download", [], str(path),
+                                      {"model": name, "commit": path.name, "path": str(path)},
+                                      {"total": time.monotonic() - started}, reply_to=rid))
+            log.info("download %s: %s", name, path)
+
+        started = time.monotonic()
+        threading.Thread(target=run, name=f"download-{name}", daemon=True).start()
 
     def on_status(self, msg: dict) -> None:
         with self.writer.lock:  # consistent with the job messages around it

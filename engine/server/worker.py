@@ -61,29 +61,13 @@ class _Timed:
 
 
 # ----------------------------------------------------------------------------- errors
-def classify(exc: BaseException, log_file) -> tuple[str, str, str | None]:
-    """Exception → (code, message, hint)."""
-    from engine.errors import describe
-    from engine.hub import WeightsUnavailableError
-    from engine.jobs.common import JobError
-    from engine.pipelines import Cancelled
+def classify(exc: BaseException, log_file) -> tuple[str, str, str | None, list | None]:
+    """Exception → (code, message, hint, problems): engine/errors.py's one mapping (the CLI's too);
+    ``problems``: the further lines of a multi-line error (None when it has one line)."""
+    from engine.errors import classify as classify_error
 
-    text = str(exc).strip() or type(exc).__name__
-    if isinstance(exc, Cancelled):
-        return "cancelled", text, None
-    if isinstance(exc, WeightsUnavailableError):
-        return ("weights_unavailable", text, "download the model (`diffusion-renderer download "
-                f"{exc.model_name}` or the add-on's download button), or set params.model to a local "
-                "checkpoint folder")
-    if isinstance(exc, MemoryError) or "out of memory" in text.lower():
-        return ("out_of_memory", f"out of memory: {text.splitlines()[0][:300]}",
-                "use the low-VRAM memory mode (params.memory = 'low-vram', ≈ 5 GB at 512²), lower the resolution "
-                "or the frames per chunk (params.frames), or unload other models")
-    if isinstance(exc, (JobError, ValueError, FileNotFoundError, PermissionError, NotADirectoryError)) or \
-            type(exc).__name__ in ("CheckpointMismatchError", "LoraLoadError", "UserError"):
-        return "input_error", describe(exc), None
-    return ("internal", f"{type(exc).__name__}: {text}",
-            f"an engine bug or an unexpected environment problem; the traceback is in {log_file or 'stderr'}")
+    c = classify_error(exc, log_file or "stderr")
+    return c.code, c.message, c.hint, list(c.details) or None
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -229,7 +213,7 @@ class Worker(threading.Thread):
                            pipeline=round(timed.seconds if timed is not None else time.monotonic() - t_run, 3))
             del timed
         except BaseException as exc:  # noqa: BLE001 - everything becomes an error message
-            code, message, hint = classify(exc, self.log_file)
+            code, message, hint, problems = classify(exc, self.log_file)
             if job.cancel.is_set() and code != "cancelled":
                 # e.g. SIGINT sent to the whole process group also killed an ffmpeg reader: the user asked
                 # for the job to stop, so that is what it did
@@ -245,7 +229,7 @@ class Worker(threading.Thread):
             if code == "out_of_memory":
                 free_device_memory()
             msg = protocol.error(code, message, hint, job=job.id, reply_to=job.reply_to, step=job.step,
-                                 log_file=str(self.log_file) if self.log_file else None)
+                                 problems=problems, log_file=str(self.log_file) if self.log_file else None)
             _write_json(job.job_dir / "error.json", msg)
             return msg
         summary.update(load_seconds=seconds["load_model"], model_load_seconds=seconds["load_model"],
@@ -259,15 +243,18 @@ class Worker(threading.Thread):
         return msg
 
     def _listener(self, job: Job, t_start: float):
-        last = [0.0]
+        last = [0.0, None]      # when the last report was sent, and its (stage, light)
 
         def listener(info: dict) -> None:
             stage = info.get("stage", "denoise")
             stage = stage if stage in protocol.PROGRESS_STAGES else "denoise"
             job.stage, job.step, job.total = stage, int(info["step"]), int(info["total"])
-            now = time.monotonic()
-            if job.step <= 1 or job.step >= job.total or now - last[0] >= self.progress_interval:
-                last[0] = now
+            now, where = time.monotonic(), (stage, info.get("light"))
+            # a new stage or light is always reported (as are the first and the last step)
+            if (job.step <= 1 or job.step >= job.total or where != last[1]
+                    or now - last[0] >= self.progress_interval):
+                last[0], last[1] = now, where
                 self.send(protocol.progress(job.id, stage, job.step, job.total, chunk=info.get("chunk"),
-                                            eta_s=info.get("eta_s"), elapsed_s=now - t_start))
+                                            eta_s=info.get("eta_s"), elapsed_s=now - t_start,
+                                            light=info.get("light"), lights=info.get("lights")))
         return listener

@@ -22,7 +22,9 @@ def estimate_job(kind: str, size: dict, params: dict | None = None, *, profile=N
         return estimate("inverse", passes=int(passes), **kw)
     env = parse_resolution(p["env_resolution"], multiple=8) if p.get("env_resolution") else (512, 512)
     lights = int(size.get("lights") or len(p.get("hdri") or ()) or 1)
-    one = estimate("forward", lights=1, guidance=float(p.get("guidance", 1.2)), env_resolution=(env[1], env[0]),
+    guidance = p.get("guidance", 1.2)   # a ramp [min, max] guides (doubles the batch) iff max > 1
+    guidance = float(guidance[-1] if isinstance(guidance, (list, tuple)) else guidance)
+    one = estimate("forward", lights=1, guidance=guidance, env_resolution=(env[1], env[0]),
                    rotate_light=bool(p.get("rotate_light", False)), **kw)
     if lights == 1:
         return one

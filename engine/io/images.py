@@ -1,4 +1,5 @@
-"""Reading and writing plain image frames (8/16-bit PNG/JPEG/TIFF) as float arrays in [0, 1]."""
+"""Plain image files (8/16-bit PNG/JPEG/TIFF) as float arrays in [0, 1]: read one or several, list a
+folder of them, write an 8-bit PNG (previews, demo frames)."""
 from __future__ import annotations
 
 from pathlib import Path
