@@ -34,17 +34,25 @@ def register() -> None:
         _REGISTERED.append(cls)
     properties.register_props()
     timer.register()
+    from . import results
+    results.register()          # load_post: results that finished while another file was open
 
 
 def unregister() -> None:
     import bpy
 
+    from . import results
     from .client import shutdown_all, timer
 
+    results.unregister()
     timer.unregister()
     try:
-        shutdown_all()
+        shutdown_all()          # ends downloads too: their status-bar progress goes with them
     finally:
+        from . import hdri_list, model_manager, task_progress
+        hdri_list.free_previews()
+        task_progress.unregister()
+        model_manager.unregister()
         properties = _modules()[0]
         properties.unregister_props()
         while _REGISTERED:

@@ -323,3 +323,26 @@ def render_layer_socket(node, canonical_or_aov: str):
         if sock is not None and getattr(sock, "enabled", True):
             return sock
     return None
+
+
+# ------------------------------------------------------------------------------------------ status bar
+def progress_widget(layout, factor: float, text: str) -> None:
+    """A progress ring with text (``UILayout.progress``, 4.0+), else the text with a percentage."""
+    if hasattr(layout, "progress"):
+        layout.progress(factor=factor, type="RING", text=text)
+    else:
+        layout.label(text=f"{text} {factor * 100:.0f} %")
+
+
+def show_in_statusbar(draw, on: bool) -> None:
+    """Append ``draw(self, context)`` to the status bar's header (``on``) or remove it; idempotent."""
+    header = getattr(bpy.types, "STATUSBAR_HT_header", None)
+    if header is None:
+        return
+    try:
+        header.remove(draw)
+    except (ValueError, AttributeError):
+        pass
+    if on:
+        header.append(draw)
+

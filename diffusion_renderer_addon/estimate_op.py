@@ -18,7 +18,7 @@ def scene_estimate(context) -> dict:
             "height": max(1, int(r.resolution_y * r.resolution_percentage / 100)),
             "frames": len(range(scene.frame_start, scene.frame_end + 1, max(1, scene.frame_step))), "lights": 1}
     params = {**properties.shared_params(s), **prefs_mod.job_options(prefs_mod.get(context)),
-              "guidance": s.guidance, "rotate_light": s.rotate_light}
+              "guidance": properties.guidance(s), "rotate_light": s.rotate_light}
     params.pop("allow_download", None)
     params.pop("previews", None)
     client = prefs_mod.client(prefs_mod.get(context))

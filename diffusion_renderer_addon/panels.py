@@ -4,9 +4,38 @@ from __future__ import annotations
 
 import bpy
 
-from . import properties
-from .operators import (DR_OT_cancel, DR_OT_delight, DR_OT_hdri_add, DR_OT_hdri_remove, DR_OT_load_result,
-                        DR_OT_neural_render, DR_OT_relight_preview)
+import os
+
+from . import hdri_list, model_manager, properties
+from . import preferences as prefs_mod
+from .operators import DR_OT_cancel, DR_OT_delight, DR_OT_load_result, DR_OT_neural_render, DR_OT_relight_preview
+
+
+def next_step(context) -> tuple:
+    """(text, icon, whether to offer the preferences) saying what to do next when nothing runs: set up the
+    engine, download the weights the tasks use, or choose a task."""
+    prefs = prefs_mod.get(context)
+    python = bpy.path.abspath((prefs.engine_python if prefs is not None else "") or prefs_mod.default_engine_python())
+    if not os.path.isfile(python):
+        return "The engine is not set up yet: press Set Up Engine in the add-on's preferences.", "ERROR", True
+    s = getattr(context.scene, "diffusion_renderer", None)
+    wanted = [m for m in ((s.forward_model, s.inverse_model) if s is not None else ()) if m in model_manager.MODELS]
+    missing = [m for m in dict.fromkeys(wanted) if model_manager.cached(m) is False]
+    if missing:
+        return (f"The {' and '.join(missing)} model weights are missing: press Download in the add-on's "
+                "preferences.", "ERROR", True)
+    if any(model_manager.cached(m) is None for m in wanted):
+        return "Press Test Engine in the add-on's preferences to check the engine and its weights.", "INFO", True
+    return "Choose a task below: Neural Render, Delight or Relight Preview.", "INFO", False
+
+
+def draw_next_step(layout, context) -> None:
+    text, icon, prefs = next_step(context)
+    col = layout.column(align=True)
+    col.label(text=text, icon=icon)
+    if prefs:
+        col.operator("preferences.addon_show", text="Open Add-on Preferences", icon="PREFERENCES").module = \
+            __package__
 
 
 def draw_status(layout, context) -> None:
@@ -23,6 +52,8 @@ def draw_status(layout, context) -> None:
         row.operator(DR_OT_cancel.bl_idname, text="", icon="CANCEL")
     elif st.status:
         layout.label(text=f"Last job: {st.status}", icon="INFO")
+    else:
+        draw_next_step(layout, context)
     if st.last_error:
         box = layout.box()
         box.alert = True
@@ -30,8 +61,22 @@ def draw_status(layout, context) -> None:
         box.label(text=lines[0][:160], icon="ERROR")
         for line in lines[1:6]:
             box.label(text=line[:160])
-    if st.last_manifest:
-        layout.operator(DR_OT_load_result.bl_idname, icon="IMPORT")
+    draw_results(layout, context)
+
+
+def draw_results(layout, context) -> None:
+    """The results of this .blend (saved with it) and Load Result: the selected one again, or any set
+    through a file browser; results waiting for this file load with the same button."""
+    s = getattr(context.scene, "diffusion_renderer", None)
+    if s is None:
+        return
+    if len(s.results):
+        layout.template_list("UI_UL_list", "dr_results", s, "results", s, "results_index", rows=2)
+    row = layout.row(align=True)
+    row.operator(DR_OT_load_result.bl_idname, icon="FILEBROWSER")
+    if 0 <= s.results_index < len(s.results):
+        row.operator(DR_OT_load_result.bl_idname, text="", icon="FILE_REFRESH").index = s.results_index
+    layout.prop(s, "add_strip")
 
 
 def draw_shared(layout, s) -> None:
@@ -58,7 +103,13 @@ def draw_neural_render(layout, s) -> None:
     col.prop(s, "forward_model")
     col.prop(s, "lora_scale")
     col.prop(s, "guidance")
+    row = col.row(align=True)
+    row.prop(s, "guidance_ramp", text="Ramp")
+    sub = row.row(align=True)
+    sub.active = s.guidance_ramp
+    sub.prop(s, "guidance_end", text="End")
     col.prop(s, "render_samples")
+    layout.prop(s, "camera_follow")
     layout.prop(s, "rotate_light")
     row = layout.row(align=True)
     row.operator(DR_OT_neural_render.bl_idname, icon="RENDER_STILL")
@@ -75,7 +126,7 @@ def draw_delight(layout, s) -> None:
     elif s.footage_source == "IMAGE":
         layout.prop(s, "image")
     else:
-        layout.label(text="Uses the active VSE strip", icon="SEQUENCE")
+        layout.label(text="Uses the active strip of the Video Sequencer.", icon="SEQUENCE")
     layout.prop(s, "inverse_model")
     grid = layout.grid_flow(columns=2, align=True)
     for name in properties.PASS_NAMES:
@@ -85,13 +136,7 @@ def draw_delight(layout, s) -> None:
 
 def draw_relight(layout, s) -> None:
     layout.prop(s, "gbuffer_set")
-    row = layout.row()
-    row.template_list("UI_UL_list", "dr_hdris", s, "hdris", s, "hdri_index", rows=3)
-    col = row.column(align=True)
-    col.operator(DR_OT_hdri_add.bl_idname, text="", icon="ADD")
-    col.operator(DR_OT_hdri_remove.bl_idname, text="", icon="REMOVE")
-    if 0 <= s.hdri_index < len(s.hdris):
-        layout.prop(s.hdris[s.hdri_index], "path")
+    hdri_list.draw(layout, s)
     layout.operator(DR_OT_relight_preview.bl_idname, icon="WORLD")
 
 
@@ -116,7 +161,7 @@ def _panels(prefix: str, space: str, region: str, extra: dict) -> list:
     main = type(main_id, (_Main, bpy.types.Panel), {"bl_idname": main_id, "bl_space_type": space,
                                                     "bl_region_type": region, **extra})
     out = [main]
-    for key, label, drawer in (("render", "Neural Render", draw_neural_render), ("delight", "Delight Footage", draw_delight),
+    for key, label, drawer in (("render", "Neural Render", draw_neural_render), ("delight", "Delight", draw_delight),
                                ("relight", "Relight Preview", draw_relight), ("settings", "Sampling & Output", draw_shared)):
         pid = f"DR_PT_{prefix}_{key}"
         out.append(type(pid, (_Sub, bpy.types.Panel), {
@@ -133,7 +178,6 @@ class _ResultPanel:
 
     def draw(self, context):
         draw_status(self.layout, context)
-        self.layout.operator(DR_OT_load_result.bl_idname, icon="IMPORT")
 
 
 class DR_PT_image_result(_ResultPanel, bpy.types.Panel):
@@ -151,6 +195,6 @@ class DR_PT_compositor_result(_ResultPanel, bpy.types.Panel):
         return space is not None and getattr(space, "tree_type", "") == "CompositorNodeTree"
 
 
-classes = (*_panels("render", "PROPERTIES", "WINDOW", {"bl_context": "render"}),
+classes = (*hdri_list.classes, *_panels("render", "PROPERTIES", "WINDOW", {"bl_context": "render"}),
            *_panels("view3d", "VIEW_3D", "UI", {"bl_category": "Neural Render"}),
            DR_PT_image_result, DR_PT_compositor_result)

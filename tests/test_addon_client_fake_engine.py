@@ -55,7 +55,7 @@ def test_engine_of_an_older_major_is_refused_at_its_hello(tmp_path):
         c.submit("inverse", {"input": str(tmp_path)})
         c.wait_ready(30)
     assert info.value.code == "protocol_mismatch" and "0.3" in info.value.message
-    assert "update the engine" in info.value.hint
+    assert "Set Up Engine" in info.value.hint
     wait_for(c, lambda: c.proc is None, timeout=10)
     assert c.registry.latest().state == "failed"
 
@@ -142,7 +142,7 @@ def test_engine_failing_before_its_hello_is_explained(tmp_path):
         c.wait_ready(30)
     err = info.value
     assert err.code == "engine_start_failed" and "No module named 'torch'" in err.message
-    assert "bin/diffusion-renderer info" in err.hint and "bin/_bootstrap.py" in err.hint
+    assert "bin/diffusion-renderer info" in err.hint and "Set Up Engine" in err.hint
     assert err.log_path == "/x/engine-1.log" and "ModuleNotFoundError" in err.details
     assert job.state == "failed" and job.error.code == "engine_start_failed" and c.state == "failed"
 

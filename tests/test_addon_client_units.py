@@ -46,7 +46,7 @@ def test_invalid_engine_python_gets_clear_messages(tmp_path):
             c.start()
         assert expected in info.value.message, (python, info.value.message)
         assert info.value.code in ("invalid_python", "engine_not_importable")
-        assert "bin/_bootstrap.py" in info.value.hint and c.state == "failed" and c.proc is None
+        assert "Set Up Engine" in info.value.hint and c.state == "failed" and c.proc is None
 
 
 def test_a_venv_folder_is_accepted_for_its_interpreter(tmp_path):
@@ -73,15 +73,15 @@ def test_error_translation():
                                "message": "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"})
     assert e.code == "out_of_memory" and e.job == "j1" and e.log_path == "/l.log"
     e = dr.errors.from_engine({"code": "internal", "message": "RuntimeError: CUDA out of memory. Tried to allocate"})
-    assert e.code == "internal" and "Lower the resolution" in dr.errors._pattern_hint(e.message)[1]
+    assert e.code == "internal" and "Lower the Resolution" in dr.errors._pattern_hint(e.message)[1]
     e = dr.errors.from_engine({"code": "weights_unavailable", "message": "inverse: not in the local cache"})
-    assert e.code == "weights_missing" and "download" in e.hint and "local checkpoint folder" in e.hint
+    assert e.code == "weights_missing" and "Model Weights › Download" in e.hint and "local checkpoint folder" in e.hint
     e = dr.errors.from_engine({"code": "input_error", "message": "x: not found", "hint": "fix it"})
     assert (e.code, e.hint) == ("input_error", "fix it")
     e = dr.errors.engine_crashed(-9, ["loading", "Killed"], "/l.log")
     assert "SIGKILL" in e.message and "Last output: Killed" in e.message and e.details == "loading\nKilled"
     e = dr.errors.engine_crashed(1, ["torch.OutOfMemoryError: CUDA out of memory."])
-    assert e.code == "out_of_memory" and "Lower the resolution" in e.hint
+    assert e.code == "out_of_memory" and "Lower the Resolution" in e.hint
     assert "exited with code 3" in dr.errors.describe_returncode(3)
 
 

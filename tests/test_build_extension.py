@@ -50,7 +50,9 @@ def test_manifest_fields():
     assert (meta["schema_version"], meta["id"], meta["type"], meta["version"]) == ("1.0.0", "diffusion_renderer",
                                                                                   "add-on", "0.1.0")
     assert meta["license"] == ["SPDX:Apache-2.0"] and meta["blender_version_min"] == "4.2.0"
-    assert "files" in meta["permissions"] and "network" not in meta["permissions"]
+    assert "files" in meta["permissions"]
+    # the engine downloads the weights (Preferences › Model Weights › Download), only with online access
+    assert meta["permissions"]["network"].startswith("Download the model weights")
 
 
 def test_bad_manifest_fails_clearly(tmp_path, monkeypatch):
@@ -63,3 +65,28 @@ def test_bad_manifest_fails_clearly(tmp_path, monkeypatch):
     monkeypatch.setattr(B, "ADDON", REPO / "diffusion_renderer_addon")
     with pytest.raises(B.BuildError, match="tagline"):
         B.build(tmp_path / "dist")
+
+
+def test_fresh_clone_sets_up_the_blender_module_first(monkeypatch):
+    """No bpy venv yet: bin/test-blender's set-up (DR_SETUP_ONLY=1, engine environment skipped) runs, then the
+    tool is looked up again; an explicit --python or --no-setup never installs anything."""
+    found = iter([B.BuildError("none"), ("py", "tool")])
+
+    def find(python):
+        item = next(found)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    calls = []
+    monkeypatch.setattr(B, "find_blender_ext", find)
+    monkeypatch.setattr(B.subprocess, "run", lambda cmd, env, cwd: calls.append((cmd, env)) or
+                        subprocess.CompletedProcess(cmd, 0))
+    assert B.ensure_blender_ext(None) == ("py", "tool")
+    (cmd, env), = calls
+    assert cmd == [str(REPO / "bin" / "test-blender")] and env["DR_SETUP_ONLY"] == "1" and env["DR_ENGINE_PYTHON"]
+    monkeypatch.setattr(B, "find_blender_ext", lambda python: (_ for _ in ()).throw(B.BuildError("none")))
+    for args in ((None, False), ("/x/python", True)):
+        with pytest.raises(B.BuildError):
+            B.ensure_blender_ext(*args)
+    assert len(calls) == 1

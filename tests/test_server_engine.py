@@ -208,6 +208,29 @@ def test_forward_job_on_the_inverse_output(engine, assets):
     assert [m["kind"] for m in st["loaded_models"]] == ["forward"], "--max-models 1 dropped the inverse model"
 
 
+def test_forward_progress_names_the_light_and_the_write_stage(engine, assets):
+    """Two HDRIs: denoise reports carry light 1/2 then 2/2, each light ends with a 'write' report (after its
+    last denoise step, before the result); an inverse job ends with 'write' too."""
+    import shutil
+
+    second = assets["hdri"].with_name("dusk.hdr")
+    shutil.copyfile(assets["hdri"], second)
+    params = {"gbuffers": str(engine.tmp / "inv-1" / "out"), "hdri": [str(assets["hdri"]), str(second)],
+              "model": str(assets["fwd"]), "frames": 4, "overlap": 0, "steps": 2, "device": "cpu",
+              "env_resolution": "32x16", "guidance": 1.0, "previews": False}
+    _, res, prog, _ = engine.run_job("fwd-2", "forward", engine.tmp / "fwd-2", params)
+    assert res["type"] == "result", res
+    work = [(m["stage"], m.get("light"), m.get("lights"), m["step"]) for m in prog if m["stage"] != "load_model"]
+    assert work == [("denoise", 1, 2, 1), ("denoise", 1, 2, 2), ("write", 1, 2, 2),
+                    ("denoise", 2, 2, 1), ("denoise", 2, 2, 2), ("write", 2, 2, 2)], work
+    assert all("light" not in m for m in prog if m["stage"] == "load_model")
+
+    _, res, prog, _ = engine.run_job("inv-w", "inverse", engine.tmp / "inv-w",
+                                     _inv_params(assets["inv"], assets["clip"], seed=3))
+    assert res["type"] == "result", res
+    assert prog[-1]["stage"] == "write" and prog[-2]["stage"] == "denoise" and "light" not in prog[-1]
+
+
 def test_bad_submissions_get_actionable_errors(engine, assets):
     engine.send(P.submit("bad", "inverse", str(engine.tmp / "bad"), {"input": "x", "steps": 0, "stpes": 1}))
     err = engine.recv()

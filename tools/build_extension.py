@@ -13,7 +13,10 @@ a folder with:
 then runs Blender's own extension tool (``blender_ext.py`` from the ``bpy`` wheel, the same code as
 ``blender -c extension build``) to build ``dist/diffusion_renderer-<version>.zip`` and ``validate`` it.
 
-    python tools/build_extension.py [--blender-ext PATH] [--python PY] [--out-dir DIST] [--keep-stage]
+    python tools/build_extension.py [--python PY] [--out-dir DIST] [--keep-stage] [--no-setup]
+
+On a fresh clone (no bpy venv yet) it first creates one with bin/test-blender's set-up (``DR_SETUP_ONLY=1``;
+bpy only, not the engine's environment), unless ``--python`` names one or ``--no-setup`` is given.
 """
 from __future__ import annotations
 
@@ -56,6 +59,26 @@ def find_blender_ext(python: str | None) -> tuple[str, str]:
     raise BuildError("Blender's extension tool (bpy/<ver>/scripts/addons_core/bl_pkg/cli/blender_ext.py) was not "
                      "found: create a venv with `pip install bpy` (e.g. bin/test-blender makes .venv-blender) or "
                      "set DR_BLENDER_VENV=/path/to/venv")
+
+
+def ensure_blender_ext(python: str | None, setup: bool = True) -> tuple[str, str]:
+    """find_blender_ext(); when no venv has the tool (a fresh clone) and ``setup``, create .venv-blender (or
+    DR_BLENDER_VENV) with bin/test-blender's set-up first. The engine's environment is not needed to build:
+    DR_ENGINE_PYTHON is set so the set-up skips it."""
+    try:
+        return find_blender_ext(python)
+    except BuildError:
+        if python or not setup:
+            raise
+    script = REPO / "bin" / "test-blender"
+    print("[build-extension] no Blender Python module found: installing one with bin/test-blender's set-up "
+          "(DR_SETUP_ONLY=1, ~360 MB download)", file=sys.stderr)
+    env = {**os.environ, "DR_SETUP_ONLY": "1", "DR_ENGINE_PYTHON": os.environ.get("DR_ENGINE_PYTHON") or sys.executable}
+    proc = subprocess.run([str(script)], env=env, cwd=str(REPO))
+    if proc.returncode != 0:
+        raise BuildError(f"setting up the Blender Python module failed ({script} exit {proc.returncode}); "
+                         "see its messages above")
+    return find_blender_ext(None)
 
 
 def manifest() -> dict:
@@ -102,9 +125,9 @@ def run_tool(python: str, tool: str, *args: str) -> str:
     return out
 
 
-def build(out_dir: Path, python: str | None = None, keep_stage: bool = False) -> Path:
+def build(out_dir: Path, python: str | None = None, keep_stage: bool = False, setup: bool = True) -> Path:
     meta = manifest()
-    py, tool = find_blender_ext(python)
+    py, tool = ensure_blender_ext(python, setup)
     zip_path = out_dir / f"{meta['id']}-{meta['version']}.zip"
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="dr-ext-stage-"))
@@ -131,9 +154,11 @@ def main(argv=None) -> int:
     ap.add_argument("--python", help="interpreter of a venv holding the bpy wheel")
     ap.add_argument("--out-dir", default=str(REPO / "dist"))
     ap.add_argument("--keep-stage", action="store_true")
+    ap.add_argument("--no-setup", dest="setup", action="store_false",
+                    help="fail instead of installing the Blender Python module when none is found")
     args = ap.parse_args(argv)
     try:
-        zip_path = build(Path(args.out_dir).resolve(), args.python, args.keep_stage)
+        zip_path = build(Path(args.out_dir).resolve(), args.python, args.keep_stage, args.setup)
     except BuildError as exc:
         print(f"build-extension: error: {exc}", file=sys.stderr)
         return 1

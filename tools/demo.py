@@ -10,8 +10,13 @@
 5. the G-buffer set and the relit set imported back (``reimport.import_result``), ``demo.blend``
    saved and the relit mp4 copied to ``demo.mp4`` in the output folder (default ``out/demo``).
 
-Exit status 0 on success; 2 when the weights are unavailable (one line: the engine's message);
-1 on any other failure (one line, ``-v`` for the traceback).
+Before anything is rendered it checks the forward weights (``engine.hub``, no network): cached → go on;
+missing with hub access → downloaded first (``diffusion-renderer download forward``, pinned revision); missing
+offline → ONE message with the options that work, exit status 2. ``--model FOLDER`` uses a local checkpoint
+instead. Each run starts from a clean work folder (no stale frames of an earlier run).
+
+Exit status 0 on success; 2 when the weights are unavailable; 1 on any other failure (one line, ``-v`` for
+the traceback).
 """
 from __future__ import annotations
 
@@ -46,23 +51,81 @@ img = img + 40.0 * sun[..., None] * np.array([1.0, 0.92, 0.8])
 write_hdr(sys.argv[1], img.astype(np.float32))
 """
 CKPT_CODE = "import sys; from engine.random_checkpoint import write_random_checkpoint as w; w(sys.argv[1], 'forward')"
+# prints "ok <folder>" when the weights are usable without network, else "missing <offline 0|1> <reason>"
+CHECK_CODE = r"""
+import sys
+from engine.hub import WeightsUnavailableError, is_offline, resolve_model
+try:
+    print("ok", resolve_model(sys.argv[1], allow_download=False))
+except (WeightsUnavailableError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+    print("missing", int(is_offline()), (getattr(exc, "reason", "") or str(exc)).splitlines()[0])
+"""
+WORK_PARTS = ("render", "env", "jobs", "engine.log")     # what a run writes into work/ (the tiny checkpoint stays)
+
+
+def weights_message(reason: str) -> str:
+    """The one message when the forward weights are missing: what happened and the options that work."""
+    return (f"the forward model's weights are not available ({reason}). Options: run `bin/diffusion-renderer "
+            "download forward` where the Hugging Face Hub is reachable (then copy its cache here, or set HF_HOME to "
+            "it); or `bin/demo --model /path/to/checkpoint_folder`; or `bin/demo --tiny` for an offline smoke check "
+            "with random weights.")
+
+
+def clean_work(work: Path) -> None:
+    """Remove what an earlier run left in the work folder (rendered frames, env maps, job folders, logs)."""
+    for name in WORK_PARTS:
+        target = work / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+
+
+def check_weights(py: str, model: str) -> None:
+    """Make sure ``model`` can run before anything is rendered: cached → nothing; missing and the Hub is
+    reachable → downloaded now (the engine's own download, progress on stderr); else _Stop(code 2)."""
+    from diffusion_renderer_addon.client import clean_env
+
+    env = clean_env(str(REPO))
+    r = subprocess.run([py, "-c", CHECK_CODE, model], cwd=REPO, env=env, capture_output=True, text=True)
+    line = (r.stdout.strip().splitlines() or [""])[-1]
+    if r.returncode or not line.startswith(("ok", "missing")):
+        raise _Stop(f"engine python failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    if line.startswith("ok"):
+        return
+    _, offline, reason = line.split(" ", 2)
+    if offline == "1" or os.sep in model or "/" in model:
+        raise _Stop(weights_message(reason) if os.sep not in model and "/" not in model else
+                    f"--model {model}: {reason}", 2)
+    log("downloading the forward model's weights (about 3 GB, pinned revision) before rendering")
+    d = subprocess.run([py, "-m", "engine", "download", model], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    if d.returncode:
+        raise _Stop(weights_message((d.stderr.strip().splitlines() or ["the download failed"])[-1]
+                                    .removeprefix("error: ")), 2)
 
 
 def log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="random-weight forward checkpoint, 64×64, 3 frames (offline)")
     ap.add_argument("--out", default=str(REPO / "out" / "demo"), help="output folder (default out/demo)")
     ap.add_argument("--engine-python", default=os.environ.get("DR_ENGINE_PYTHON", ""),
                     help="the engine's interpreter (default $DR_ENGINE_PYTHON)")
+    ap.add_argument("--model", default=None, metavar="FOLDER",
+                    help="a local forward checkpoint folder instead of the published forward model")
     ap.add_argument("--frames", type=int, default=None)
     ap.add_argument("--resolution", default=None, help="WxH (multiples of 64)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     try:
         return run(args)
     except _Stop as exc:
@@ -97,6 +160,14 @@ def run(args) -> int:
     out = Path(args.out).resolve()
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
+    clean_work(work)
+    model = "forward"
+    if args.tiny and args.model:
+        raise _Stop("--tiny and --model exclude each other (--tiny writes its own random checkpoint)", 2)
+    if not args.tiny:
+        model = str(Path(args.model).resolve()) if args.model else "forward"
+        log("checking the forward model's weights")
+        check_weights(args.engine_python, model)
     frames = args.frames or (3 if args.tiny else 12)
     res = args.resolution or ("64x64" if args.tiny else "512x512")
     w, h = (int(x) for x in res.lower().split("x"))
@@ -112,7 +183,6 @@ def run(args) -> int:
     log("writing a synthetic HDR sky")
     hdr = work / "sky.hdr"
     _engine(args.engine_python, HDR_CODE, str(hdr))
-    model = "forward"
     if args.tiny:
         log("writing a tiny random-weight forward checkpoint")
         ckpt = work / "tiny-forward"
@@ -150,7 +220,7 @@ def run(args) -> int:
             last[0] = time.monotonic()
             log(f"forward: {job.message or job.state}")
 
-    log(f"running the forward model ({'tiny random weights' if args.tiny else 'forward, downloaded on first use'})")
+    log(f"running the forward model ({'tiny random weights' if args.tiny else model})")
     try:
         try:
             job = blocking.run_job("forward", params, str(work / "jobs" / f"forward-{int(time.time())}"),
@@ -158,7 +228,7 @@ def run(args) -> int:
         except blocking.JobFailed as exc:
             code = exc.engine_code or exc.code
             if code == "weights_unavailable":
-                raise _Stop(exc.message, 2) from None
+                raise _Stop(weights_message(exc.message.splitlines()[0]), 2) from None
             raise _Stop(f"forward job failed ({code}): {exc.short()}") from None
         log("converting the render folder into a G-buffer set (to show the passes in Blender)")
         try:

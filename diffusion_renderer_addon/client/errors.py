@@ -24,18 +24,18 @@ WEIGHTS_MISSING = "weights_missing"
 
 MIN_PYTHON = (3, 11)
 
-OOM_HINT = ("Lower the resolution, process fewer frames per chunk (--frames) or use a smaller decode chunk, "
-            "use the low-VRAM mode / fp16, and close other GPU work (a Cycles GPU render) or unload the models "
-            "before running.")
-WEIGHTS_HINT = ("Let the engine download the model once (allow downloads in the add-on preferences, ~3 GB per "
-                "model), or run `bin/diffusion-renderer download inverse|forward` on a machine with internet and "
-                "copy its Hugging Face cache (HF_HOME) here, or set the model to a local checkpoint folder.")
+OOM_HINT = ("Lower the Resolution or Frames per Window (Neural Render › Sampling & Output), choose Low VRAM "
+            "(Preferences › Add-ons › DiffusionRenderer › GPU Memory), and close other GPU work (a Cycles GPU "
+            "render) before running.")
+WEIGHTS_HINT = ("Download the model once (Preferences › Add-ons › DiffusionRenderer › Model Weights › "
+                "Download, ~3 GB per model; needs Preferences › System › Network › Allow Online Access), or copy "
+                "a Hugging Face cache from a machine with internet into the Weights Folder, or set Model to a "
+                "local checkpoint folder.")
 CUDA_HINT = ("The engine's torch cannot use this GPU: install the torch build that matches the driver "
              "(DR_TORCH / DR_TORCH_INDEX_URL when creating the engine environment), update the NVIDIA driver, "
              "or set the device to CPU.")
-ENV_HINT = ("Create the engine environment with `python3 bin/_bootstrap.py --print-python` in the engine folder "
-            "(or run bin/diffusion-renderer once) and set Preferences → Add-ons → DiffusionRenderer → "
-            "Engine Python to the interpreter it prints.")
+ENV_HINT = ("Press Set Up Engine (Preferences › Add-ons › DiffusionRenderer) to create the engine's Python, "
+            "or point Engine Python there at an existing engine environment's interpreter.")
 
 _ENGINE_CODE_ALIASES = {
     "cuda_oom": OUT_OF_MEMORY, "oom": OUT_OF_MEMORY, "out_of_memory": OUT_OF_MEMORY,
@@ -174,8 +174,9 @@ def protocol_mismatch(engine_protocol, client_major: int, engine_version: str | 
     if engine_major is not None and engine_major > client_major:
         hint = "The engine is newer than the add-on: update the DiffusionRenderer add-on (or use an older engine)."
     else:
-        hint = ("The engine is older than the add-on: update the engine checkout (git pull, then rerun "
-                "bin/_bootstrap.py) or point the preferences to a newer engine.")
+        hint = ("The engine is older than the add-on: press Set Up Engine (Preferences › Add-ons › "
+                "DiffusionRenderer) to rebuild it from the add-on's own engine, or point Engine Python to a newer "
+                "engine.")
     return ClientError(PROTOCOL_MISMATCH, message, hint)
 
 

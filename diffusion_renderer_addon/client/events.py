@@ -24,6 +24,36 @@ def major(version) -> Optional[int]:
         return None
 
 
+WRITE_SHARE = 0.05        # the part of each light's span of the progress bar given to writing its files
+STAGE_LABELS = {"load_model": "loading model", "denoise": "denoising", "convert": "converting",
+                "write": "writing results"}
+
+
+def progress_fraction(msg: dict) -> Optional[float]:
+    """A progress message → the job's fraction done (0..1), None when it says nothing about it (loading).
+    A forward job's lights split the bar evenly; within one light, denoising fills all but WRITE_SHARE."""
+    stage, step, total = msg.get("stage"), msg.get("step") or 0, msg.get("total") or 0
+    if stage not in ("denoise", "convert", "write"):
+        return None
+    light, lights = msg.get("light") or 1, msg.get("lights") or 1
+    part = 1.0 - WRITE_SHARE if stage == "write" else (step / total if total else 0.0) * (1.0 - WRITE_SHARE)
+    if stage == "convert":
+        part = step / total if total else 0.0
+    return min(1.0, ((light - 1) + part) / max(1, lights))
+
+
+def progress_text(msg: dict) -> str:
+    """What the job is doing, true to the message: "loading model…", "denoising 3/20, ~40 s left",
+    "light 2/3: denoising 3/20", "light 2/3: writing results…"."""
+    stage, step, total = msg.get("stage"), msg.get("step"), msg.get("total")
+    label = STAGE_LABELS.get(stage, stage)
+    text = f"{label} {step}/{total}" if total and stage != "write" else f"{label}…"
+    text += f", ~{msg['eta_s']:.0f} s left" if msg.get("eta_s") and stage != "write" else ""
+    if msg.get("lights") and msg["lights"] > 1 and msg.get("light"):
+        text = f"light {msg['light']}/{msg['lights']}: {text}"
+    return text
+
+
 class EventHandlers:
     """Mixed into EngineClient: everything that happens when the engine says something (or exits)."""
 
@@ -114,11 +144,9 @@ class EventHandlers:
         if job is None:
             return
         stage, step, total = msg.get("stage"), msg.get("step"), msg.get("total")
-        fraction = step / total if stage == "denoise" and total else None
-        label = {"load_model": "loading model", "denoise": "denoising"}.get(stage, stage)
-        text = f"{label} {step}/{total}" if total else f"{label}…"
-        text += f", ~{msg['eta_s']:.0f} s left" if msg.get("eta_s") else ""
-        self.registry.progress(job, stage, step, total, msg.get("chunk"), msg.get("eta_s"), fraction, text)
+        self.registry.progress(job, stage, step, total, msg.get("chunk"), msg.get("eta_s"),
+                               progress_fraction(msg), progress_text(msg), light=msg.get("light"),
+                               lights=msg.get("lights"))
 
     def _on_result(self, msg: dict) -> None:
         job = self.registry.get(msg.get("job"))

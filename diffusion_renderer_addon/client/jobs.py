@@ -43,6 +43,8 @@ class Job:
     total: int = 0
     chunk: object = None
     eta: Optional[float] = None
+    light: Optional[int] = None         # forward jobs: the HDRI being rendered (1-based) of ``lights``
+    lights: Optional[int] = None
     fraction: float = 0.0               # 0..1, never decreases (what a progress bar shows)
     message: str = ""                   # a short human line: "denoise 3/20", "done", the error …
     result: Optional[dict] = None       # the engine's result message (manifest paths, summary)
@@ -190,12 +192,14 @@ class JobRegistry:
         self._fire(job)
 
     def progress(self, job: Job, stage=None, step=None, total=None, chunk=None, eta=None, fraction=None,
-                 message: Optional[str] = None) -> None:
+                 message: Optional[str] = None, light=None, lights=None) -> None:
         """Record a progress report; the first one moves a queued job to running."""
         if job.is_terminal:
             return
         job.progress_log.append({"t": time.time(), "stage": stage, "step": step, "total": total,
-                                 "chunk": chunk, "eta": eta, "fraction": fraction})
+                                 "chunk": chunk, "eta": eta, "fraction": fraction, "light": light})
+        if light is not None:
+            job.light, job.lights = int(light), int(lights or light)
         job.stage = stage if stage is not None else job.stage
         job.step = int(step) if step is not None else job.step
         job.total = int(total) if total is not None else job.total

@@ -199,7 +199,7 @@ class EngineClient(EventHandlers):
         self.wait_ready()
         if tuple(int(v) for v in str((self.info or {}).get("protocol", "1.0")).split(".")[:2]) < (1, 1):
             raise errors.ClientError("unsupported", "this engine cannot estimate jobs (protocol 1.1 needed)",
-                                     "update the engine (Preferences › Set up engine)")
+                                     "update the engine (Preferences › Add-ons › DiffusionRenderer › Set Up Engine)")
         rid = self._request_id()
         self._estimates[rid] = None
         msg = self.protocol.estimate(kind, dict(size), _plain(params or {}), id=rid)

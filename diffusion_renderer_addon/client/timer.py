@@ -14,7 +14,8 @@ from . import session
 
 ACTIVE_INTERVAL = 0.1        # seconds between ticks while the engine starts or a job runs
 IDLE_INTERVAL = 0.5
-REDRAW_AREAS = frozenset({"PROPERTIES", "VIEW_3D", "IMAGE_EDITOR", "NODE_EDITOR", "SEQUENCE_EDITOR"})
+REDRAW_AREAS = frozenset({"PROPERTIES", "VIEW_3D", "IMAGE_EDITOR", "NODE_EDITOR", "SEQUENCE_EDITOR", "PREFERENCES",
+                          "STATUSBAR"})
 _last_redraw = [None]
 
 

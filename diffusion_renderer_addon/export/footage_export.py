@@ -12,11 +12,15 @@ active strip) and returns a description whose ``params`` are the inverse job's i
   the source's first frame (a sequence's first file) gets, ``frame_range`` the kept numbers (inclusive);
 * ``source_fps`` — the scene's rate for image sequences and VSE strips (the sequencer plays one source
   frame per scene frame); a movie or movie clip carries its own rate, which the engine reads;
-* ``colorspace`` — from the source's ``colorspace_settings.name``: ``sRGB`` (and ``Non-Color``: values
-  as stored) → ``srgb``; ``Linear Rec.709`` / ``Linear`` → ``linear``. Any other colour space (Filmic Log,
-  AgX Log, ACEScg, Rec.2020 …) needs Blender's colour management: then — and only then, or when an
-  image strip's files are not one numbered sequence — Blender renders the frames once, as half-float
-  linear EXR ``out_dir/frames/frame.####.exr`` numbered by the result frames, and that folder is the input
+* ``colorspace`` — from the source's ``colorspace_settings.name`` through the contract's table
+  (``engine/contract/footage.py`` ``BLENDER_COLORSPACES``): ``sRGB`` (and ``Non-Color``: values as stored)
+  → ``srgb``; ``Linear Rec.709`` / ``Linear`` → ``linear``; ``ACEScg``, ``ACES2065-1``, ``ACEScct``,
+  ``Linear Rec.2020`` … → the engine's OpenColorIO name, converted by the engine. A DPX left at Blender's
+  default (``Linear Rec.709``, which Blender gives every DPX whatever its header says) → ``auto``: the
+  engine reads the file's transfer characteristic (log → Cineon). Any other colour space (Filmic Log, AgX
+  Log, Display P3 …) needs Blender's colour management: then — and only then, or when an image strip's
+  files are not one numbered sequence — Blender renders the frames once, as half-float linear EXR
+  ``out_dir/frames/frame.####.exr`` numbered by the result frames, and that folder is the input
   (``rendered: True`` and a note say so). A sequence alone in its folder is passed as the folder.
 
 The description also carries ``frame_numbers``, ``fps``, ``size``, ``kind``, ``label``, ``colorspace_name``
@@ -42,9 +46,6 @@ from .footage_render import render_frames
 __all__ = ["FootageExportError", "export_footage", "sequence_files", "engine_colorspace", "sequence_pattern"]
 
 _DIGITS = re.compile(r"(\d+)(?!.*\d)")
-# Blender colour-space names the engine reads directly; any other needs Blender's colour management
-SRGB_SPACES = frozenset({"sRGB", "Non-Color"})
-LINEAR_SPACES = frozenset({"Linear Rec.709", "Linear"})
 
 
 class FootageExportError(RuntimeError):
@@ -241,14 +242,13 @@ def _plan_source(source, scene) -> _Plan:
 
 
 # ------------------------------------------------------------------------------------------ description
-def engine_colorspace(name: str) -> str | None:
-    """The engine's ``colorspace`` for a Blender colour-space name: ``srgb``, ``linear``, or None when only
+def engine_colorspace(name: str, suffix: str = "") -> str | None:
+    """The engine's ``colorspace`` for a Blender colour-space name (of a file with extension ``suffix``):
+    ``srgb``, ``linear``, an OpenColorIO name, ``auto`` for a DPX at Blender's default, or None when only
     Blender's colour management can convert it (the frames are then rendered to linear EXR)."""
-    if name in SRGB_SPACES:
-        return "srgb"
-    if name in LINEAR_SPACES:
-        return "linear"
-    return None
+    if footage.HEADER_DECIDES.get(suffix.lower()) == name:
+        return "auto"
+    return footage.BLENDER_COLORSPACES.get(name)
 
 
 def sequence_pattern(path: str) -> str | None:
@@ -328,7 +328,7 @@ def export_footage(source, out_dir=None, *, scene=None, frame_range=None, progre
         raise FootageExportError(f"{plan.label}: frame {pairs[0][1]} is negative; frame numbers must be ≥ 0 "
                                  "(move the clip or strip to frame 0 or later)")
     frames = [f for _, f in pairs]
-    colorspace = engine_colorspace(plan.colorspace)
+    colorspace = engine_colorspace(plan.colorspace, os.path.splitext(files[0] if files else plan.movie or "")[1])
     notes = list(plan.notes)
     params = None
     if not render and colorspace is not None:

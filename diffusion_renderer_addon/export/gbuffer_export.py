@@ -24,7 +24,11 @@ per-clip depth range are all the engine's work (docs/GBUFFER_SET.md, "Blender re
    incomplete.
 3. **Finally** (also after an error or cancel): the change log restores every setting, pass, AOV,
    material and node group; the frame is set back; "Render Result" is removed again when the file had
-   none. Only then is ``render.json`` written (``render_json.write``: validated, atomic).
+   none, and when it had one the export rendered into a slot of its own (:data:`EXPORT_SLOT`) and the
+   artist's slot is active again, so the artist's render is untouched.
+
+Only the chosen view layer renders: every other enabled layer is switched off through the change log for
+the export (restored afterwards), on every Blender version. Only then is ``render.json`` written (``render_json.write``: validated, atomic).
 
 ``progress(done, total, message)`` is called before each frame and may raise to cancel. The export
 renders with the scene as context scene (``temp_override``), so image sequences and movies used in
@@ -60,6 +64,7 @@ __all__ = ["ExportError", "export_gbuffers", "start_export_gbuffers", "frame_num
 # cores; export CPU s / MB per frame): NONE 0.61 / 14.7, RLE 0.68 / 6.2, ZIP 0.71 / 2.2, ZIPS 0.77 / 2.4,
 # PIZ 0.97 / 2.6. The price is disk space in the job folder (≈ 56 bytes per pixel per frame).
 EXR_CODEC = "NONE"
+EXPORT_SLOT = "DiffusionRenderer Export"   # the Render Result slot the in-process export renders into
 
 
 def start_export_gbuffers(*args, **kwargs):
@@ -108,6 +113,11 @@ def _configure(scene, vl, log: ChangeLog, *, engine: str, samples: int, resoluti
     compat.set_exr_format(settings, multilayer=True, color_depth="32", codec=EXR_CODEC)
     compat.follow_scene_colour_management(settings)
     log.set(vl, "use", True)
+    # the one view layer only: Blender renders every enabled layer into the frame's EXR (5.0 then fails with
+    # "Each part should have a unique name", 4.2 takes twice the time)
+    for other in scene.view_layers:
+        if other.name != vl.name and other.use:
+            log.set(other, "use", False)
     for attr in ("use_pass_combined", "use_pass_z", "use_pass_normal"):
         log.set(vl, attr, True)
     if getattr(vl, "material_override", None) is not None:
@@ -173,6 +183,21 @@ def _render_frame(scene, vl, tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def _keep_render_result(log: ChangeLog) -> None:
+    """Leave the artist's render in "Render Result" alone: the export renders into a slot of its own
+    (:data:`EXPORT_SLOT`, added once, reused), and the slot the artist was looking at is made active again
+    afterwards. Without a Render Result there is nothing to keep (it is removed again afterwards)."""
+    img = next((i for i in bpy.data.images if i.type == "RENDER_RESULT"), None)
+    if img is None:
+        return
+    slots = img.render_slots
+    index = next((i for i, slot in enumerate(slots) if slot.name == EXPORT_SLOT), -1)   # (find() misses it)
+    if index < 0:
+        slots.new(name=EXPORT_SLOT)
+        index = len(slots) - 1
+    log.set(slots, "active_index", index)
+
+
 def _remove_render_results(had_render_result: bool) -> None:
     if had_render_result:
         return
@@ -197,6 +222,7 @@ def _export_in_process(scene, out_dir: Path, *, frames, resolution, samples, eng
     had_render_result = any(img.type == "RENDER_RESULT" for img in bpy.data.images)
     t0 = time.perf_counter()
     try:
+        _keep_render_result(log)
         _configure(scene, vl, log, engine=engine_id, samples=samples, resolution=resolution,
                    filter_width=filter_width)
         size = frame_size(scene)

@@ -1,5 +1,6 @@
 """Bring engine results back into Blender (bpy + stdlib only): image sequences per pass, a compositor
-node group per set, a material, and a sequencer strip. Entry point: :func:`import_result`."""
+node group per set, a material, and (opt-in) a muted sequencer strip, named ``<scene>.<task>.<pass>`` and
+reused by re-runs. Entry point: :func:`import_result`."""
 from .compositor import add_group_to_scene, build_compositor_group
 from .material import build_gbuffer_material, build_relit_material
 from .results import import_result

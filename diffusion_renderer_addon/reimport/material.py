@@ -23,11 +23,13 @@ is there (with its sequence range set) for users who build such a projection set
 :func:`build_relit_material` — an emission material showing a relit sequence (``Linear Rec.709``), for a
 camera-aligned card or a preview plane.
 
-Every Image Texture's ``image_user`` gets the set's frame range (scene frame *f* shows file *f*).
+Every Image Texture's ``image_user`` gets the set's frame range (scene frame *f* shows file *f*). A re-run
+reuses the material of the same name (objects using it keep it) and rebuilds its nodes.
 """
 from __future__ import annotations
 
 from .. import compat
+from . import names
 from .sequences import PassSequence
 
 __all__ = ["build_gbuffer_material", "build_relit_material"]
@@ -46,23 +48,27 @@ def _tex_node(nt, seq: PassSequence, loc):
     return node
 
 
-def _new_material(name: str):
+def _material(name: str):
+    """Material ``name`` with only an output node: the one an earlier run made (its nodes rebuilt, its
+    users kept), else a new one."""
     import bpy
 
-    mat = bpy.data.materials.new(name)
+    mat = names.reusable(bpy.data.materials, name)
+    if mat is None:
+        mat = names.tag(bpy.data.materials.new(name), name)
     mat.use_fake_user = True          # assigned to nothing yet: keep it when the file is saved
     nt = compat.ensure_nodes(mat)
-    return mat, nt
+    nt.nodes.clear()
+    outn = nt.nodes.new("ShaderNodeOutputMaterial")
+    outn.location = (300, 300)
+    return mat, nt, outn
 
 
 def build_gbuffer_material(name: str, sequences: dict[str, PassSequence]):
-    mat, nt = _new_material(name)
-    bsdf = next((n for n in nt.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled"), None)
-    if bsdf is None:
-        bsdf = nt.nodes.new("ShaderNodeBsdfPrincipled")
-        outn = next((n for n in nt.nodes if n.bl_idname == "ShaderNodeOutputMaterial"), None) \
-            or nt.nodes.new("ShaderNodeOutputMaterial")
-        nt.links.new(bsdf.outputs[0], outn.inputs["Surface"])
+    mat, nt, outn = _material(name)
+    bsdf = nt.nodes.new("ShaderNodeBsdfPrincipled")
+    bsdf.location = (outn.location.x - 300, outn.location.y)
+    nt.links.new(bsdf.outputs[0], outn.inputs["Surface"])
     row = 0
     for pass_name, seq in sequences.items():
         tex = _tex_node(nt, seq, (bsdf.location.x - 700, bsdf.location.y - row * 280))
@@ -81,12 +87,7 @@ def build_gbuffer_material(name: str, sequences: dict[str, PassSequence]):
 
 
 def build_relit_material(name: str, seq: PassSequence, *, strength: float = 1.0):
-    mat, nt = _new_material(name)
-    for n in list(nt.nodes):
-        if n.bl_idname != "ShaderNodeOutputMaterial":
-            nt.nodes.remove(n)
-    outn = next((n for n in nt.nodes if n.bl_idname == "ShaderNodeOutputMaterial"), None) \
-        or nt.nodes.new("ShaderNodeOutputMaterial")
+    mat, nt, outn = _material(name)
     emit = nt.nodes.new("ShaderNodeEmission")
     emit.inputs["Strength"].default_value = strength
     emit.location = (outn.location.x - 250, outn.location.y)

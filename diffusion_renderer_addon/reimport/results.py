@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 
-from . import compositor, material, vse
+from . import compositor, material, names, vse
 from .sequences import ReimportError, load_set_sequences, read_manifest
 
 __all__ = ["import_result", "fps_warnings"]
@@ -18,26 +18,30 @@ def fps_warnings(scene, info) -> list[str]:
             f"Rate to {info.fps:g} to play it at its speed"]
 
 
-def import_result(manifest_path, *, scene=None, make_material: bool = True, make_compositor: bool = True,
-                  make_vse: bool = True, passes=None, vse_movie: bool = False) -> dict:
+def import_result(manifest_path, *, scene=None, name: str | None = None, task: str = "",
+                  make_material: bool = True, make_compositor: bool = True, make_vse: bool = False,
+                  passes=None, vse_movie: bool = False) -> dict:
     """Import the set whose ``manifest.json`` is ``manifest_path`` (or its folder) into ``scene``
-    (default: the context scene). Creates:
+    (default: the context scene). Everything is named ``<name>.<Pass>`` where ``name`` defaults to
+    ``<scene>.<task>`` (:func:`.names.base_name`, e.g. ``Shot010.Delight``); importing again under the
+    same name — a re-run of the same shot/task — reuses those datablocks and switches their files. Creates:
 
-    * one image sequence per pass (``images``: ``{pass: image name}``);
-    * ``make_compositor``: a compositor node group (one output per pass) and a Group node for it in the
-      scene's compositor tree (``node_group``, ``compositor_node``, ``compositor_tree``);
+    * one image sequence per pass (``images``: ``{pass: image name}``), paths relative to the saved .blend;
+    * ``make_compositor``: a compositor node group (one output per pass, ``node_group``) and, when the
+      scene already uses a compositor tree, an unconnected Group node for it (``compositor_node``,
+      ``compositor_tree``); the render output is never changed;
     * ``make_material``: a Principled material from a G-buffer set, an emission material from a relit
       set (``material``);
-    * ``make_vse``: an image strip over the relit EXR sequence of a relit set, over the base colour (the
-      de-lit plate) of a G-buffer set (``strip``), starting at the set's first frame number and one file
-      per scene frame — it spans exactly the plate's frames; with ``vse_movie`` and a ``relit.mp4`` in
-      the set, a movie strip too (``movie_strip``, the mp4 keeps its own rate).
+    * ``make_vse`` (off by default: the artist's F12 output is theirs): a **muted** image strip over the
+      relit EXR sequence of a relit set, over the base colour (the de-lit plate) of a G-buffer set
+      (``strip``), starting at the set's first frame number, one file per scene frame; with ``vse_movie``
+      and a ``relit.mp4`` in the set, a muted movie strip too (``movie_strip``).
 
-    Images load at the set's size (its files). Frames are never retimed: when the scene's frame rate
-    differs from the set's (``fps``), ``warnings`` says so (set the scene's rate to play it at speed).
+    Render settings are not touched. Images load at the set's size (its files). Frames are never
+    retimed: when the scene's frame rate differs from the set's (``fps``), ``warnings`` says so.
 
-    Returns ``{"kind", "path", "frames", "fps", "images", "warnings", …}`` with the names of what was
-    created.
+    Returns ``{"kind", "path", "name", "frames", "fps", "images", "warnings", …}`` with the names of what
+    was created or reused.
     Raises :class:`~.sequences.ReimportError` naming the file when the set is missing or invalid."""
     import bpy
 
@@ -47,15 +51,17 @@ def import_result(manifest_path, *, scene=None, make_material: bool = True, make
     info = read_manifest(manifest_path)
     if info.kind not in ("gbuffer", "relit"):
         raise ReimportError(f"{info.path / 'manifest.json'}: field 'kind': unknown kind {info.kind!r}")
-    label = f"DR {info.label}"
+    label = name or names.base_name(scene.name, info, task)
     seqs = load_set_sequences(info, passes=passes, prefix=label)
-    created: dict = {"kind": info.kind, "path": str(info.path), "frames": list(info.frames), "fps": info.fps,
-                     "resolution": list(info.resolution), "images": {name: s.image.name for name, s in seqs.items()},
-                     "warnings": fps_warnings(scene, info)}
+    created: dict = {"kind": info.kind, "path": str(info.path), "name": label, "frames": list(info.frames),
+                     "fps": info.fps, "resolution": list(info.resolution),
+                     "images": {p: s.image.name for p, s in seqs.items()}, "warnings": fps_warnings(scene, info)}
     if make_compositor and seqs:
         group = compositor.build_compositor_group(label, seqs)
+        created["node_group"] = group.name
         tree, node = compositor.add_group_to_scene(scene, group)
-        created.update(node_group=group.name, compositor_node=node.name, compositor_tree=tree.name)
+        if node is not None:
+            created.update(compositor_node=node.name, compositor_tree=tree.name)
     if make_material:
         if info.kind == "relit" and "relit" in seqs:
             created["material"] = material.build_relit_material(label, seqs["relit"]).name
@@ -63,12 +69,9 @@ def import_result(manifest_path, *, scene=None, make_material: bool = True, make
             created["material"] = material.build_gbuffer_material(label, seqs).name
     plate = "relit" if info.kind == "relit" else "basecolor"
     if make_vse and plate in seqs:
-        name = label if plate == "relit" else f"{label}.{plate}"
-        created["strip"] = vse.add_image_sequence_strip(scene, name, seqs[plate]).name
+        created["strip"] = vse.add_image_sequence_strip(scene, seqs[plate].image.name, seqs[plate]).name
         mp4 = (info.manifest.get("videos") or {}).get("relit")
         if vse_movie and mp4 and (info.path / mp4).is_file():
-            created["movie_strip"] = vse.add_movie_strip(scene, f"{label} mp4", str(info.path / mp4),
+            created["movie_strip"] = vse.add_movie_strip(scene, f"{label}.mp4", str(info.path / mp4),
                                                          frame_start=info.frames[0]).name
     return created
-
-

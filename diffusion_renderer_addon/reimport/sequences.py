@@ -18,6 +18,7 @@ from pathlib import Path
 import bpy
 
 from ..contract import gbuffer_set
+from . import names
 
 __all__ = ["PassSequence", "SetInfo", "read_manifest", "load_set_sequences", "colorspace_for",
            "configure_image_user", "frame_path", "LINEAR_ENCODINGS", "ReimportError"]
@@ -42,10 +43,10 @@ def _colorspace_names() -> set[str]:
 def colorspace_for(encoding: str) -> str:
     """Blender colour space for a pass encoding: ``Linear Rec.709`` (older configs: ``Linear``) for
     linear colour, ``Non-Color`` for everything else."""
-    names = _colorspace_names()
+    known = _colorspace_names()
     if encoding in LINEAR_ENCODINGS:
         for cand in ("Linear Rec.709", "Linear", "scene_linear"):
-            if not names or cand in names:
+            if not known or cand in known:
                 return cand
     return "Non-Color"
 
@@ -149,8 +150,10 @@ def configure_image_user(target, first: int, count: int) -> None:
 def load_set_sequences(info: SetInfo, *, passes=None, prefix: str | None = None,
                        check_files: bool = True) -> dict[str, PassSequence]:
     """Load every pass (or ``passes``) of the set as an image sequence; returns ``{pass: PassSequence}``.
-    Image datablocks are named ``<prefix>.<pass>`` (prefix default ``DR <set label>``). With
-    ``check_files`` every frame file must exist (the error names the first missing one)."""
+    Image datablocks are named ``<prefix>.<Pass Label>`` (``Shot010.Delight.Base Color``; prefix default
+    ``DR <set label>``); an image of that name made by an earlier run is reused with its file switched.
+    Paths are stored relative to the saved .blend. With ``check_files`` every frame file must exist (the
+    error names the first missing one)."""
     prefix = prefix or f"DR {info.label}"
     out: dict[str, PassSequence] = {}
     for name, spec in info.manifest["passes"].items():
@@ -165,10 +168,16 @@ def load_set_sequences(info: SetInfo, *, passes=None, prefix: str | None = None,
             if missing is not None:
                 raise ReimportError(f"{missing}: pass {name!r} frame file is missing")
         encoding = str(spec.get("encoding", "non-color"))
-        img = bpy.data.images.load(str(files[0]), check_existing=False)
-        img.name = f"{prefix}.{name}"
+        img_name = f"{prefix}.{names.pass_label(name)}"
+        img = names.reusable(bpy.data.images, img_name)
+        if img is None:                      # first run: a new image; a re-run switches the files of the old one
+            img = bpy.data.images.load(str(files[0]), check_existing=False)
+            img.name = img_name
+            names.tag(img, prefix)
         img.source = "SEQUENCE"
+        img.filepath = names.blend_path(files[0])
         img.colorspace_settings.name = colorspace_for(encoding)
+        img.reload()
         out[name] = PassSequence(name, img, encoding, files, list(info.frames), list(spec.get("channels", [])))
     return out
 

@@ -20,7 +20,7 @@ from .gbuffer_set import DEFAULT_PASSES, MODEL_PASSES
 
 KINDS = ("inverse", "forward", "gbuffers")
 MEMORY_MODES = ("default", "low-vram", "minimal")
-CLI_FORMS = ("positional", "option", "flag", "no-flag", "list", "range", "size", "append")
+CLI_FORMS = ("positional", "option", "flag", "no-flag", "list", "range", "ramp", "size", "append")
 _MODELS = ("inverse", "forward")
 
 
@@ -29,7 +29,7 @@ class Param:
     """One job parameter. ``kinds``: the job kinds taking it; ``required``: required in a submit;
     ``cli``: its command-line form (None: protocol only) — ``positional``, ``option`` (``--name VALUE``),
     ``flag`` (``--name``, store_true), ``no-flag`` (``--no-name`` sets false), ``list`` (comma-separated),
-    ``range`` ('FIRST:LAST'), ``size`` ('WxH'), ``append`` (repeatable); ``cli_required``: the CLI insists
+    ``range`` ('FIRST:LAST'), ``ramp`` ('A' or 'A:B' numbers → a number or [A, B]), ``size`` ('WxH'), ``append`` (repeatable); ``cli_required``: the CLI insists
     on it although the protocol has a default; ``kind_default``: defaults that differ per kind;
     ``doc_default``: how the docs show the default when the value alone says little; ``ui_max``: the
     add-on's upper limit where the protocol has none; ``item``: the noun of one list element (errors)."""
@@ -99,22 +99,28 @@ PARAMS: tuple = (
     Param("first_frame", "int|null", None, "Frame number given to the first frame: a video's (1) or, renumbering it, an "
           "image sequence's.", _INV, minimum=0,
           metavar="N", doc_default="1"),
-    Param("colorspace", "str", "auto", "Colour space of the input frames (auto: EXR linear, others sRGB).", _INV,
-          choices=("auto", "srgb", "linear")),
+    Param("colorspace", "str", "auto", "Colour space of the input frames: auto (EXR/float linear, log DPX "
+          "Cineon, others sRGB), srgb, linear, or an OpenColorIO name ('ACEScg', 'ARRI LogC4', 'Cineon Log (DPX)'; "
+          "list: python -m engine.colour).", _INV, metavar="NAME"),
     # ------------------------------------------------------------------ forward
     Param("lora_scale", "num", 0.25, "Real-footage LoRA strength (0–0.5 recommended; 0 for synthetic objects).",
           _FWD, minimum=0.0, maximum=2.0, metavar="S"),
-    Param("guidance", "num", 1.2, "Classifier-free guidance (1.0 = 2× faster preview).", _FWD, minimum=1.0,
-          maximum=20.0, metavar="G"),
+    Param("guidance", "num|list[num]", 1.2, "Classifier-free guidance (1.0 = 2× faster preview); 'MIN:MAX' "
+          "([MIN, MAX] in a submit) ramps it linearly over each window's frames, as the reference's "
+          "min/max_guidance_scale.", _FWD, minimum=1.0, maximum=20.0, length=(2, 2), cli="ramp",
+          metavar="G[:MAX]"),
     Param("rotate_light", "bool", False, "Turn the light once around over the clip.", _FWD, cli="flag"),
     Param("fixed_frame", "int|null", None, "Use this G-buffer frame (0-based) for every frame (a static scene, "
           "e.g. with rotate_light).", _FWD, minimum=0, metavar="N", doc_default="–"),
-    Param("elevation", "num", 0.0, "Camera elevation in degrees.", _FWD, metavar="DEG"),
+    Param("elevation", "num", 0.0, "Camera elevation in degrees.", _FWD, minimum=-90.0, maximum=90.0, metavar="DEG"),
     Param("elevation_convention", "str", "reference", "Sign of elevation: 'reference' tilts the view up for "
           "positive values, as the original; 'correct' looks down.", _FWD, choices=("reference", "correct")),
     Param("env_rotation", "num", 180.0, "Horizontal rotation of the HDRI in degrees.", _FWD, metavar="DEG"),
     Param("env_strength", "num", 1.0, "Multiplier on the HDRI's radiance.", _FWD, minimum=0.0, metavar="S"),
     Param("env_flip", "bool", False, "Mirror the HDRI left–right.", _FWD, cli="flag"),
+    Param("hdri_settings", "list[obj]|null", None, "Per-HDRI light settings, one object per hdri in the same order: "
+          "{\"rotation\": degrees as env_rotation, \"strength\": S, \"flip\": bool}; a key left out takes "
+          "env_rotation / env_strength / env_flip.", _FWD, length=(1, 64), cli=None, doc_default="–"),
     Param("env_resolution", "str", "512x512", "Environment-map size fed to the model ('WxH', multiples of 8).",
           _FWD, cli="size", metavar="WxH"),
     Param("camera_follow", "bool", False, "Use the set's per-frame camera poses so the light stays fixed in the "
@@ -141,9 +147,10 @@ PARAMS: tuple = (
     Param("fit", "str", "pad", "How the input's aspect is fitted into the processing size.",
           choices=("pad", "crop", "stretch")),
     Param("seed", "int|null", 0, "Noise seed (-1 or null: a random seed, recorded in the manifest).", minimum=-1,
-          metavar="N"),
+          maximum=2**63 - 1, metavar="N"),
     Param("decode_chunk", "int", 8, "Frames per VAE decode call (lower = less memory).", minimum=1, metavar="N"),
-    Param("decode_overlap", "int", 2, "Frames cross-faded between VAE decode calls.", minimum=0, metavar="N"),
+    Param("decode_overlap", "int", 2, "Frames cross-faded between VAE decode calls (less than decode_chunk).",
+          minimum=0, metavar="N"),
     Param("device", "str", "auto", "Device: auto (cuda when available), cpu, cuda, cuda:1 …", metavar="DEVICE"),
     Param("dtype", "str", "auto", "Weights and compute precision (auto: fp16 on CUDA, fp32 on CPU).",
           choices=("auto", "fp32", "fp16", "bf16")),
@@ -197,12 +204,54 @@ def fields(kind: str) -> dict:
     return {n: p.field() for n, p in for_kind(kind).items()}
 
 
+MAX_SIDE = 8192   # the largest processing or environment-map side a job accepts (pixels)
+
+
 def parse_size(text: str) -> tuple:
     """'WxH' → (W, H) positive integers; ValueError otherwise."""
     w, h = (int(v) for v in str(text).lower().replace("×", "x").split("x"))
     if w <= 0 or h <= 0:
         raise ValueError(f"{text!r}: both sides must be positive")
     return w, h
+
+
+HDRI_SETTING_TYPES = {"rotation": "num", "strength": "num", "flip": "bool"}   # the keys of one hdri_settings entry
+
+
+def _hdri_settings_problems(params: dict, label) -> list:
+    """hdri_settings: one entry per hdri, known keys of the right type, strength not negative."""
+    items, hdris = params.get("hdri_settings"), params.get("hdri")
+    if not is_type(items, "list[obj]"):
+        return []
+    out = []
+    if is_type(hdris, "list[str]") and len(items) != len(hdris):
+        out.append(f"{label('hdri_settings')} {len(items)} entries for {len(hdris)} HDRIs (one per hdri, in order)")
+    for i, item in enumerate(items):
+        for key, value in item.items():
+            if key not in HDRI_SETTING_TYPES:
+                out.append(f"{label('hdri_settings')} entry {i + 1}: unknown key {key!r} (keys: "
+                           f"{', '.join(HDRI_SETTING_TYPES)})")
+            elif not is_type(value, HDRI_SETTING_TYPES[key]) or (key == "strength" and value < 0):
+                out.append(f"{label('hdri_settings')} entry {i + 1}: {key} must be "
+                           f"{'a number ≥ 0' if key == 'strength' else HDRI_SETTING_TYPES[key]}, got {value!r}")
+    return out
+
+
+def _size_problems(params: dict, table: dict, label) -> list:
+    """'WxH' sizes (resolution, env_resolution): two positive integers, at most MAX_SIDE each."""
+    out = []
+    for name in ("resolution", "env_resolution"):
+        value = params.get(name)
+        if name not in table or not isinstance(value, str) or value in ("", "auto"):
+            continue
+        try:
+            w, h = parse_size(value)
+        except ValueError:
+            out.append(f"{label(name)} expected WIDTHxHEIGHT, e.g. 960x512, got {value!r}")
+            continue
+        if max(w, h) > MAX_SIDE:
+            out.append(f"{label(name)} {w}x{h} is larger than {MAX_SIDE} pixels per side; choose a smaller size")
+    return out
 
 
 def problems(kind: str, params: dict, *, inputs: bool = True, label=None) -> list:
@@ -219,6 +268,14 @@ def problems(kind: str, params: dict, *, inputs: bool = True, label=None) -> lis
         frames, overlap = params.get("frames", default("frames")), params.get("overlap", default("overlap"))
         if is_type(frames, "int") and is_type(overlap, "int") and frames >= 1 and not 0 <= overlap < frames:
             out.append(f"{label('overlap')} must be between 0 and {ref('frames')} - 1 ({frames - 1}), got {overlap}")
+    out += _hdri_settings_problems(params, label)
+    if "decode_chunk" in table:
+        # left out, the default overlap is capped to the chunk (engine/jobs decode_settings)
+        chunk, d_overlap = params.get("decode_chunk", default("decode_chunk")), params.get("decode_overlap")
+        if is_type(chunk, "int") and is_type(d_overlap, "int") and chunk >= 1 and not 0 <= d_overlap < chunk:
+            out.append(f"{label('decode_overlap')} must be between 0 and {ref('decode_chunk')} - 1 ({chunk - 1}), "
+                       f"got {d_overlap}")
+    out += _size_problems(params, table, label)
     fr = params.get("frame_range")
     if is_type(fr, "list[int]") and len(fr) == 2 and fr[1] < fr[0]:
         out.append(f"{label('frame_range')} last frame {fr[1]} is before first {fr[0]}")

@@ -24,7 +24,8 @@ from .fields import table_problems as _table_problems
 from .gbuffer_set import DEFAULT_PASSES as _DEFAULT_PASSES, MODEL_PASSES
 
 PROTOCOL_VERSION = (1, 2)   # 1.1: "estimate", "memory"; 1.2: job kind "gbuffers", stage "convert", params
-#                             source_fps, first_frame, colorspace, output_size, fit
+#                             source_fps, first_frame, colorspace, output_size, fit; additive within 1.2:
+#                             progress stage "write" and the fields light/lights (older clients ignore them)
 VERSION = f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
 MAX_LINE_BYTES = 1 << 20          # one message, UTF-8, without the newline
 TO_ENGINE, TO_CLIENT = "to_engine", "to_client"
@@ -46,8 +47,13 @@ PASSES = MODEL_PASSES
 DEFAULT_PASSES = list(_DEFAULT_PASSES)
 JOB_KINDS = _params.KINDS
 ESTIMATE_KINDS = ("inverse", "forward")      # the kinds that run a model (gbuffers only converts files)
-PROGRESS_STAGES = ("load_model", "denoise", "convert")
+PROGRESS_STAGES = ("load_model", "denoise", "convert", "write",   # "write": decoding/writing the files
+                   "download")                                     # "download": step/total in MiB
 MEMORY_MODES = _params.MEMORY_MODES
+# additive within 1.2: the "download" request (the published models, engine/model_registry.py PUBLISHED_MODELS;
+# a test keeps them equal); a download ends with a "result" of kind "download" or an "error"
+DOWNLOAD_MODELS = ("inverse", "forward", "forward-objaverse")
+RESULT_KINDS = (*JOB_KINDS, "download")
 
 
 class ProtocolError(ValueError):
@@ -80,6 +86,12 @@ MESSAGES: dict = {
         "status": {"id": _ID},
         "unload": {"id": _ID},
         "shutdown": {"id": _ID},
+        "download": {"id": _ID, "job": Field("str", True, doc="id chosen by the client for this download: its ack, "
+                                                          "progress (stage 'download', step/total in MiB) and "
+                                                          "result (kind 'download', out = the snapshot folder) "
+                                                          "or error carry it"),
+                     "model": Field("str", True, choices=DOWNLOAD_MODELS),
+                     "revision": Field("str|null", doc="branch, tag or commit instead of the pinned/recorded one")},
     },
     TO_CLIENT: {
         "hello": {"reply_to": _REPLY, "protocol": Field("str", True), "engine": Field("str", True),
@@ -98,8 +110,10 @@ MESSAGES: dict = {
                 "cuda_memory_allocated": Field("int|null")},
         "progress": {"job": _JOB, "stage": Field("str", True, choices=PROGRESS_STAGES),
                      "step": Field("int", True, minimum=0), "total": Field("int", True, minimum=0),
-                     "chunk": Field("int|null"), "eta_s": Field("num|null"), "elapsed_s": Field("num")},
-        "result": {"reply_to": _REPLY, "job": _JOB, "kind": Field("str", True, choices=JOB_KINDS),
+                     "chunk": Field("int|null"), "eta_s": Field("num|null"), "elapsed_s": Field("num"),
+                     "light": Field("int|null", minimum=1, doc="forward jobs: the HDRI being rendered, 1-based"),
+                     "lights": Field("int|null", minimum=1, doc="forward jobs: how many HDRIs the job renders")},
+        "result": {"reply_to": _REPLY, "job": _JOB, "kind": Field("str", True, choices=RESULT_KINDS),
                    "manifests": Field("list[str]", True), "out": Field("str", True),
                    "summary": Field("obj", True), "seconds": Field("obj")},
         "error": {"reply_to": _REPLY, "code": Field("str", True, choices=tuple(ERROR_CODES)),
@@ -288,6 +302,11 @@ def shutdown(id=None) -> dict:
     return _msg("shutdown", id=id)
 
 
+def download(job: str, model: str, revision: str | None = None, id=None) -> dict:
+    """Fetch a published model's weights into the engine's Hugging Face cache (ack, progress, result/error)."""
+    return _msg("download", id=id, job=job, model=model, revision=revision)
+
+
 def hello_reply(info: dict, reply_to=None) -> dict:
     return {**_msg("hello", reply_to=reply_to), **info}
 
@@ -296,9 +315,10 @@ def ack(request: str, reply_to=None, **fields) -> dict:
     return _msg("ack", request=request, reply_to=reply_to, **fields)
 
 
-def progress(job: str, stage: str, step: int, total: int, chunk=None, eta_s=None, elapsed_s=None) -> dict:
+def progress(job: str, stage: str, step: int, total: int, chunk=None, eta_s=None, elapsed_s=None, light=None,
+             lights=None) -> dict:
     m = _msg("progress", job=job, stage=stage, step=int(step), total=int(total), chunk=chunk,
-             elapsed_s=clean_number(elapsed_s))
+             elapsed_s=clean_number(elapsed_s), light=light, lights=lights)
     m["eta_s"] = clean_number(eta_s)
     return m
 

@@ -98,7 +98,7 @@ def _under(path: str, folder: Path) -> bool:
 
 def _assert_loaded(manifest: Path) -> None:
     """What loading the set created: one image sequence per pass reading the set's own files, a compositor
-    group and a material using exactly those images, and (relit sets) a sequencer strip over the frames."""
+    group and a material using exactly those images, and no sequencer strip (opt-in, test_results_workflow.py)."""
     data, root = json.loads(manifest.read_text()), manifest.parent
     images = [i for i in bpy.data.images if _under(i.filepath, root)]
     assert sorted(Path(i.filepath).parent.name for i in images) == sorted(
@@ -107,13 +107,13 @@ def _assert_loaded(manifest: Path) -> None:
     groups = [g for g in bpy.data.node_groups
               if {n.image for n in g.nodes if n.bl_idname == "CompositorNodeImage"} == set(images)]
     assert len(groups) == 1, "no (or more than one) compositor group for the set"
-    assert any(getattr(n, "node_tree", None) == groups[0] for n in _compositor_nodes())
+    # the artist's compositing is left alone: a Group node only in a compositor the scene already uses
+    assert not _compositor_nodes() or any(getattr(n, "node_tree", None) == groups[0] for n in _compositor_nodes())
     mats = [m for m in bpy.data.materials if m.node_tree is not None and
             {n.image for n in m.node_tree.nodes if n.bl_idname == "ShaderNodeTexImage"} & set(images)]
     assert len(mats) == 1, "no (or more than one) material for the set"
-    if data["kind"] == "relit":
-        strips = [s for s in _strips() if _under(os.path.join(s.directory, s.elements[0].filename), root)]
-        assert len(strips) == 1 and len(strips[0].elements) == len(data["frame_numbers"])
+    strips = [s for s in _strips() if _under(os.path.join(s.directory, s.elements[0].filename), root)]
+    assert strips == [], "a sequencer strip was added without Add Sequencer Strip (F12 would render it)"
 
 
 def _compositor_nodes():
@@ -224,7 +224,7 @@ def test_relight_preview_refuses_a_set_without_the_forward_passes(scene, tmp_pat
     scene.hdris.add().path = _hdri(tmp_path / "hdri", "warm", (2.0, 1.0, 0.5))
     with pytest.raises(RuntimeError, match="has no depth, roughness, metallic pass"):
         bpy.ops.diffusion_renderer.relight_preview(wait=False)
-    assert not st.running and "clear 'G-buffer set'" in st.last_error
+    assert not st.running and "clear Relight Preview › G-Buffer Set" in st.last_error
     assert not (tmp_path / "jobs").exists() or not any((tmp_path / "jobs").iterdir())
 
 

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,7 @@ def test_preferences_fields(addon):
 
 def test_operators_panels_and_properties_registered(addon):
     for op in ("neural_render", "delight", "relight_preview", "cancel", "load_result", "setup_engine", "test_engine",
-               "hdri_add", "hdri_remove"):
+               "hdri_add", "hdri_remove", "download_model"):
         assert hasattr(bpy.types, f"DIFFUSION_RENDERER_OT_{op}"), op
         assert hasattr(bpy.ops.diffusion_renderer, op)
     for panel in ("DR_PT_render_main", "DR_PT_render_delight", "DR_PT_view3d_main", "DR_PT_view3d_relight",
@@ -62,10 +63,10 @@ def test_operators_panels_and_properties_registered(addon):
     assert (st.running, st.progress, st.last_error) == (False, 0.0, "")
     assert sys.modules[PKG + ".client"].timer.is_registered()
     # a failing task reports into the status instead of raising
-    s.footage_source, s.image = "IMAGE", None
+    s.footage_source, s.image, s.output_dir = "IMAGE", None, tempfile.mkdtemp(prefix="dr-ui-")   # file unsaved
     with pytest.raises(RuntimeError):
         bpy.ops.diffusion_renderer.delight()
-    assert "image sequence" in st.last_error
+    assert "Image Sequence" in st.last_error and "Delight" in st.last_error
 
 
 class FakeLayout:
@@ -83,6 +84,7 @@ class FakeLayout:
         mod, op = idname.split(".")
         assert hasattr(getattr(bpy.ops, mod), op), idname
         self.calls.append(("operator", idname))
+        return self                       # the operator's properties are set on it
 
     def __getattr__(self, name):
         return lambda *a, **k: self
@@ -97,7 +99,8 @@ def test_scene_settings_follow_the_contracts_parameter_table(addon):
     params = sys.modules[PKG + ".contract"].params
     rna = bpy.context.scene.diffusion_renderer.bl_rna.properties
     props = {"frames": "frames", "overlap": "overlap", "steps": "steps", "seed": "seed", "previews": "previews",
-             "lora_scale": "lora_scale", "guidance": "guidance", "rotate_light": "rotate_light"}
+             "lora_scale": "lora_scale", "guidance": "guidance", "guidance_end": "guidance",
+             "rotate_light": "rotate_light"}
     for prop, name in props.items():
         p, r = params.param(name), rna[prop]
         assert r.default == pytest.approx(p.default_for(None)), prop
@@ -105,13 +108,24 @@ def test_scene_settings_follow_the_contracts_parameter_table(addon):
         if p.minimum is not None:
             assert r.hard_min == pytest.approx(p.minimum), prop
         limit = p.maximum if p.maximum is not None else p.ui_max
-        if limit is not None:
-            assert r.hard_max == pytest.approx(limit), prop
+        if limit is not None:      # Blender's int properties are 32-bit: larger limits are clamped
+            assert r.hard_max == pytest.approx(min(limit, 2**31 - 1) if r.type == "INT" else limit), prop
     assert rna["forward_model"].default == params.default("model", "forward") == "forward"
     assert rna["inverse_model"].default == params.default("model", "inverse") == "inverse"
     ticked = [n for n in params.param("passes").choices if rna[f"pass_{n}"].default]
     assert ticked == params.default("passes") and rna["guidance"].hard_max == 20.0
     assert sys.modules[PKG + ".contract"].protocol.__name__ == PKG + ".engine.contract.protocol"
+
+
+def test_guidance_ramp_is_sent_as_the_contracts_min_max_pair(addon):
+    """Guidance Ramp on: the forward job's guidance is [Guidance, Guidance End], which the contract accepts."""
+    props, params = sys.modules[PKG + ".properties"], sys.modules[PKG + ".contract"].params
+    s = bpy.context.scene.diffusion_renderer
+    s.guidance, s.guidance_end, s.guidance_ramp = 1.0, 3.0, False
+    assert props.guidance(s) == pytest.approx(1.0)
+    s.guidance_ramp = True
+    assert props.guidance(s) == pytest.approx([1.0, 3.0])
+    assert params.problems("forward", {"gbuffers": "g", "hdri": ["h.hdr"], "guidance": props.guidance(s)}) == []
 
 
 def test_panels_draw(addon):

@@ -95,6 +95,7 @@ def test_25_fps_movie_clip_comes_back_at_25_fps_on_its_frames_at_its_size(addon,
     s.frames, s.overlap, s.steps, s.previews = 10, 2, 1, True
     s.resolution_mode, s.res_x, s.res_y = "CUSTOM", 64, 64
     s.output_dir, s.gbuffer_set = str(tmp_path / "jobs"), ""
+    s.add_strip = True                                           # opt-in: the plate as a (muted) VSE strip
     st = _status()
     st.last_manifest = st.last_error = ""
 
@@ -128,6 +129,6 @@ def test_25_fps_movie_clip_comes_back_at_25_fps_on_its_frames_at_its_size(addon,
                 ranges.add((n.frame_start, n.frame_duration, n.frame_offset))
     assert ranges == {(1, FRAMES, 0)}
     strips = [x for x in _strips(scene) if Path(bpy.path.abspath(x.directory)).is_relative_to(manifest.parent)]
-    assert len(strips) == 1 and len(strips[0].elements) == FRAMES
+    assert len(strips) == 1 and len(strips[0].elements) == FRAMES and strips[0].mute
     assert strips[0].elements[0].filename == "basecolor.0001.exr"
     assert compat.strip_timing(strips[0])[1:] == (1, FRAMES + 1)

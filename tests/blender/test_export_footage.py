@@ -195,7 +195,7 @@ def S_lin(v):
 
 def test_colour_space_needing_blender_is_rendered_once_as_linear_exr(png_sequence, tmp_path):
     assert engine_colorspace("sRGB") == "srgb" and engine_colorspace("Linear Rec.709") == "linear"
-    assert engine_colorspace("Filmic Log") is None and engine_colorspace("ACEScg") is None
+    assert engine_colorspace("Filmic Log") is None and engine_colorspace("AgX Log") is None
     assert sequence_pattern("/a/shot_0005.png") == "/a/shot_####.png" and sequence_pattern("/a/x.png") is None
     img = bpy.data.images.load(str(png_sequence))
     img.source = "SEQUENCE"
@@ -210,6 +210,72 @@ def test_colour_space_needing_blender_is_rendered_once_as_linear_exr(png_sequenc
     r = engine_frames(info["params"])
     assert r["numbers"] == list(FRAMES) and r["linear"]
     assert abs(r["first"][1] - S_lin(0.5)) > 0.02, "Filmic Log values must go through Blender's conversion"
+
+
+def engine_colour(params) -> dict:
+    """The engine's reading of a description's colour space: the OpenColorIO name it resolves to and the first
+    pixel of the first frame converted to scene-linear Rec.709."""
+    code = r"""
+import json, sys
+from engine import colour
+from engine.io import open_clip
+p = json.loads(sys.argv[1])
+with open_clip(p["input"], source_fps=p.get("source_fps")) as c:
+    ic = colour.input_colour(c, p["colorspace"])
+    print(json.dumps({"name": ic.name, "linear": ic.linear, "first": ic.convert(c.read(0))[0, 0].tolist()}))
+"""
+    return json.loads(S.run_engine(code, json.dumps(params)))
+
+
+def test_blender_colour_spaces_map_to_the_engine_s_names():
+    assert engine_colorspace("ACEScg") == "ACEScg" and engine_colorspace("ACES2065-1") == "ACES2065-1"
+    assert engine_colorspace("Linear Rec.2020") == "Linear Rec.2020" and engine_colorspace("Non-Color") == "srgb"
+    assert engine_colorspace("Linear Rec.709", ".dpx") == "auto"       # Blender's default for every DPX
+    assert engine_colorspace("Linear Rec.709", ".exr") == "linear" and engine_colorspace("ACEScg", ".dpx") == "ACEScg"
+    names = {i.name for i in bpy.types.ColorManagedInputColorspaceSettings.bl_rna.properties["name"].enum_items}
+    for name in ("sRGB", "Non-Color", "Linear Rec.709", "ACEScg", "ACES2065-1", "Linear Rec.2020"):
+        assert name in names, f"{name!r} is not a colour space of this Blender"
+
+
+def test_acescg_exr_sequence_passes_through_with_its_colour_space(tmp_path):
+    folder = tmp_path / "cg"
+    for f in (1, 2):
+        write_exr(folder / f"cg.{f:04d}.exr", {c: np.full((4, 8), v) for c, v in zip("RGB", (1.0, 0.0, 0.0))},
+                  dtype="float")
+    img = bpy.data.images.load(str(folder / "cg.0001.exr"))
+    img.source = "SEQUENCE"
+    img.colorspace_settings.name = "ACEScg"
+    info = export_footage(img, tmp_path / "out")
+    assert not info["rendered"] and not (tmp_path / "out").exists(), "the engine converts, nothing is rendered"
+    assert info["params"]["colorspace"] == "ACEScg" and info["colorspace_name"] == "ACEScg"
+    r = engine_colour(info["params"])
+    assert r["name"] == "ACEScg" and r["linear"]
+    assert r["first"] == pytest.approx([1.70505, -0.13026, -0.02400], abs=2e-4)   # AP1 red in Rec.709
+
+
+def test_dpx_sequence_lets_the_engine_read_its_log_header(tmp_path):
+    folder = tmp_path / "dpx"
+    folder.mkdir()
+    S.run_engine(r"""
+import sys, numpy as np, OpenImageIO as oiio
+for f in (1001, 1002):
+    spec = oiio.ImageSpec(8, 4, 3, "uint16")
+    spec.attribute("oiio:BitsPerSample", 10)
+    spec.attribute("dpx:Transfer", "Printing density")
+    out = oiio.ImageOutput.create(sys.argv[1] + f"/shot.{f}.dpx")
+    assert out.open(sys.argv[1] + f"/shot.{f}.dpx", spec)
+    c = np.full((4, 8, 3), 685, np.uint16)
+    out.write_image((c << 6) | (c >> 4))
+    out.close()
+""", str(folder))
+    img = bpy.data.images.load(str(folder / "shot.1001.dpx"))
+    img.source = "SEQUENCE"
+    info = export_footage(img, tmp_path / "out")
+    assert not info["rendered"] and info["params"] == {"input": str(folder), "colorspace": "auto",
+                                                       "source_fps": 24.0}
+    assert info["frame_numbers"] == [1001, 1002]
+    r = engine_colour(info["params"])
+    assert r["name"] == "Cineon Log (DPX)" and r["first"] == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)  # code 685
 
 
 def test_errors(tmp_path):

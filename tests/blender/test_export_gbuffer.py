@@ -368,3 +368,41 @@ def test_eevee_export(tmp_path):
     assert plane.sum() > 50
     assert np.abs(p["basecolor"][plane] - np.array([0.8, 0.2, 0.1])).max() < 2e-3
     assert np.abs(p["normal"][plane] - np.array([0, 0, 1.0])).max() < 2e-3
+
+
+def test_two_enabled_view_layers_export_the_active_one_only(tmp_path):
+    """Blender 5.0 cannot write one frame of two enabled layers ("Each part should have a unique name");
+    4.2 renders both. The export renders the active layer alone and re-enables the other afterwards."""
+    scene = S.build_export_scene(frames=(1, 2), size=16)
+    second = scene.view_layers.new("Second")
+    assert second.use and bpy.context.view_layer.name == "ViewLayer"
+    before = S.fingerprint(scene)
+    out = export_gbuffers(scene, tmp_path / "render")
+    data = render_json.load(out)
+    assert data["view_layer"] == "ViewLayer" and data["frame_numbers"] == [1, 2]
+    assert S.diff(before, S.fingerprint(scene)) == [] and second.use
+    passes, _ = S.render_passes(out)
+    assert passes["depth"].shape == (2, 16, 16, 1)
+
+
+def _render_result_digest(tmp_path, name):
+    """The pixels the artist sees in Render Result (its active slot), saved by Blender."""
+    import hashlib
+
+    path = tmp_path / f"{name}.png"
+    bpy.data.images["Render Result"].save_render(str(path))
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_render_result_is_left_as_the_artist_rendered_it(tmp_path):
+    scene = S.build_export_scene(frames=(1, 2), size=16)
+    bpy.ops.render.render()                                  # the artist's F12
+    slots = bpy.data.images["Render Result"].render_slots
+    slots.active_index = 1
+    bpy.ops.render.render()
+    before = _render_result_digest(tmp_path, "before")
+    for run in ("a", "b"):                                   # a second export reuses the export's slot
+        export_gbuffers(scene, tmp_path / run)
+        assert _render_result_digest(tmp_path, f"after-{run}") == before
+        assert slots.active_index == 1
+    assert [s.name for s in slots].count(gbuffer_export.EXPORT_SLOT) == 1

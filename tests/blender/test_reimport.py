@@ -95,11 +95,22 @@ def _check_range(user):
     assert user.use_auto_refresh
 
 
+def _use_compositor(scene):
+    """Give the scene a compositor tree of its own, as an artist who composites has."""
+    if compat.has_compositing_node_group():
+        scene.compositing_node_group = bpy.data.node_groups.new("Artist Compositing", "CompositorNodeTree")
+    else:
+        scene.use_nodes = True
+    return _compositor_tree(scene)
+
+
 def test_gbuffer_set(sets, scene):
     gbuf, _ = sets
-    res = import_result(gbuf, scene=scene)
-    assert res["kind"] == "gbuffer" and res["frames"] == FRAMES
+    _use_compositor(scene)
+    res = import_result(gbuf, scene=scene, task="delight")
+    assert res["kind"] == "gbuffer" and res["frames"] == FRAMES and res["name"] == "Scene.Delight"
     assert set(res["images"]) == set(SPEC)
+    assert res["images"]["basecolor"] == "Scene.Delight.Base Color" and res["material"] == "Scene.Delight"
     for name, img_name in res["images"].items():
         cs = "Linear Rec.709" if SPEC[name][1] == "linear-rec709" else "Non-Color"
         _check_sequence(bpy.data.images[img_name], cs, gbuf.parent / name / f"{name}.0101.exr")
@@ -143,17 +154,38 @@ def test_gbuffer_set(sets, scene):
     for t in texs:
         _check_range(t.image_user)
     assert mat.use_fake_user  # kept in the saved file although nothing uses it yet
-    # VSE: the de-lit plate (base colour) as an image strip over the set's frames
+    ed = scene.sequence_editor                                          # no sequencer strip unless asked for
+    assert "strip" not in res and (ed is None or len(compat.vse_strips_all(ed)) == 0)
+    assert res["fps"] == 24 and res["warnings"] == []      # the scene plays at the set's 24 fps
+
+
+def test_opt_in_strip_is_muted(sets, scene):
+    """Add Sequencer Strip: the de-lit plate (base colour) as a muted image strip over the set's frames."""
+    gbuf, _ = sets
+    res = import_result(gbuf, scene=scene, make_material=False, make_compositor=False, make_vse=True)
     strip = compat.vse_strips(scene.sequence_editor)[res["strip"]]
+    assert strip.mute and strip.name == res["images"]["basecolor"]
     assert compat.strip_timing(strip)[1:] == (101, 104) and len(strip.elements) == 3
     assert [e.filename for e in strip.elements] == [f"basecolor.{f:04d}.exr" for f in FRAMES]
-    assert res["fps"] == 24 and res["warnings"] == []      # the scene plays at the set's 24 fps
+
+
+def test_no_compositor_is_created(sets, scene):
+    """A scene that does not composite keeps not compositing: the group waits in the file (fake user)."""
+    gbuf, _ = sets
+    def state():
+        return _compositor_tree(scene), scene.render.use_compositing, \
+            None if compat.has_compositing_node_group() else scene.use_nodes
+
+    before = state()
+    res = import_result(gbuf, scene=scene)
+    assert state() == before
+    assert "compositor_node" not in res and bpy.data.node_groups[res["node_group"]].use_fake_user
 
 
 def test_other_scene_rate_is_reported_not_retimed(sets, scene):
     gbuf, _ = sets
     scene.render.fps, scene.render.fps_base = 25, 1.0
-    res = import_result(gbuf, scene=scene, make_material=False, make_compositor=False)
+    res = import_result(gbuf, scene=scene, make_material=False, make_compositor=False, make_vse=True)
     [warning] = res["warnings"]
     assert "24 fps" in warning and "25 fps" in warning and "not retimed" in warning
     strip = compat.vse_strips(scene.sequence_editor)[res["strip"]]
@@ -172,8 +204,10 @@ def test_single_channel_reads_grey(sets):
 
 def test_relit_set(sets, scene):
     _, relit = sets
-    res = import_result(relit, scene=scene)
+    _use_compositor(scene)
+    res = import_result(relit, scene=scene, make_vse=True)
     assert res["kind"] == "relit" and list(res["images"]) == ["relit"]
+    assert res["images"]["relit"] == "Scene.Relight studio.Relit"     # named after the shot and the light
     img = bpy.data.images[res["images"]["relit"]]
     _check_sequence(img, "Linear Rec.709", relit.parent / "relit" / "relit.0101.exr")
     group = bpy.data.node_groups[res["node_group"]]
@@ -185,7 +219,7 @@ def test_relit_set(sets, scene):
     assert compat.strip_timing(strip)[1:] == (101, 104) and len(strip.elements) == 3
     assert [e.filename for e in strip.elements] == [f"relit.{f:04d}.exr" for f in FRAMES]
     assert Path(bpy.path.abspath(strip.directory)) == relit.parent / "relit"
-    assert strip.colorspace_settings.name == "Linear Rec.709"
+    assert strip.colorspace_settings.name == "Linear Rec.709" and strip.mute
     # emission material with the relit sequence
     nt = bpy.data.materials[res["material"]].node_tree
     tex = next(n for n in nt.nodes if n.bl_idname == "ShaderNodeTexImage")
@@ -193,12 +227,38 @@ def test_relit_set(sets, scene):
     _check_range(tex.image_user)
 
 
-def test_import_twice_makes_separate_datablocks(sets, scene):
+def _counts():
+    return {kind: len(getattr(bpy.data, kind)) for kind in ("images", "node_groups", "materials")}
+
+
+def test_a_rerun_replaces_the_result(sets, scene, tmp_path):
+    """A second import under the same name (a re-run of the shot/task) reuses every datablock, the Group
+    node and the strip, switching their files: no ``.001``."""
     gbuf, _ = sets
-    a = import_result(gbuf, scene=scene, make_material=False, make_vse=False)
-    b = import_result(gbuf, scene=scene, make_material=False, make_vse=False)
-    assert a["node_group"] != b["node_group"] and a["compositor_node"] != b["compositor_node"]
-    assert len([n for n in _compositor_tree(scene).nodes if n.bl_idname == "CompositorNodeGroup"]) == 2
+    tree = _use_compositor(scene)
+    a = import_result(gbuf, scene=scene, task="delight", make_vse=True)
+    counts = _counts()
+    rerun = tmp_path / "rerun" / "out"                     # the next job's set: other files, same passes
+    _write_set(rerun, "gbuffer", SPEC)
+    b = import_result(rerun, scene=scene, task="delight", make_vse=True)
+    assert b == {**a, "path": str(rerun)} and _counts() == counts
+    every = [i.name for i in bpy.data.images] + [g.name for g in bpy.data.node_groups] + \
+        [m.name for m in bpy.data.materials] + [x.name for x in compat.vse_strips(scene.sequence_editor)]
+    assert not [n for n in every if n[-4:-3] == "." and n[-3:].isdigit()], every
+    assert len([n for n in tree.nodes if n.bl_idname == "CompositorNodeGroup"]) == 1
+    for name, img in b["images"].items():
+        assert Path(bpy.path.abspath(bpy.data.images[img].filepath)) == rerun / name / f"{name}.0101.exr"
+    strip = compat.vse_strips(scene.sequence_editor)[b["strip"]]
+    assert Path(bpy.path.abspath(strip.directory)) == rerun / "basecolor" and strip.mute
+
+
+def test_paths_are_relative_to_the_saved_file(sets, scene, tmp_path):
+    project = tmp_path / "project"
+    gbuf = _write_set(project / "neural" / "delight-1" / "out", "gbuffer", {"basecolor": SPEC["basecolor"]})
+    bpy.ops.wm.save_as_mainfile(filepath=str(project / "shot.blend"))
+    res = import_result(gbuf, scene=bpy.context.scene, task="delight")
+    img = bpy.data.images[res["images"]["basecolor"]]
+    assert img.filepath == "//neural/delight-1/out/basecolor/basecolor.0101.exr"
 
 
 def test_errors_name_the_file(sets, scene, tmp_path):
