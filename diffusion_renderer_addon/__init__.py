@@ -49,10 +49,11 @@ def unregister() -> None:
     try:
         shutdown_all()          # ends downloads too: their status-bar progress goes with them
     finally:
-        from . import hdri_list, model_manager, task_progress
+        from . import hdri_list, model_manager, preferences, task_progress
         hdri_list.free_previews()
         task_progress.unregister()
         model_manager.unregister()
+        preferences.unregister()
         properties = _modules()[0]
         properties.unregister_props()
         while _REGISTERED:

@@ -206,5 +206,9 @@ classes = (DR_OT_download_model,)
 
 
 def unregister() -> None:
-    """The add-on is disabled: its status-bar entry goes too."""
+    """The add-on is disabled: its status-bar entry and its timer go too (a timer left registered keeps this
+    module, and with it bpy, alive: bpy 4.2 as a module then crashes at exit)."""
     _statusbar(False)
+    _PENDING.clear()
+    if bpy.app.timers.is_registered(_flush_pending):
+        bpy.app.timers.unregister(_flush_pending)

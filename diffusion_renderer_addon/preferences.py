@@ -309,3 +309,9 @@ def test_info() -> dict:
 
 
 classes = (*model_manager.classes, DR_OT_setup_engine, DR_OT_test_engine, DR_AddonPreferences)
+
+
+def unregister() -> None:
+    """The add-on is disabled: the Set Up Engine poll timer goes too (the setup process itself goes on)."""
+    if bpy.app.timers.is_registered(_setup_poll):
+        bpy.app.timers.unregister(_setup_poll)

@@ -91,6 +91,8 @@ def test_download_round_trip_shows_the_engines_answer(addon, tmp_path, monkeypat
         assert not mm.running() and "forward" in st["error"] and "HF_HUB_OFFLINE" in st["error"], st
         assert mm._draw_statusbar not in bpy.types.STATUSBAR_HT_header._dyn_ui_initialize()
         assert mm.cached("forward") is False           # the engine's hello listed it as not cached
+        mm.unregister()                                # as disabling the add-on does: no timer left behind
+        assert not bpy.app.timers.is_registered(mm._flush_pending)
     finally:
         prefs.weights_dir = ""
         mm.state("forward").update(error="", text="")
