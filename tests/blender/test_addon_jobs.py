@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,39 +23,7 @@ PKG = "bl_ext.user_default.diffusion_renderer"
 bpy = pytest.importorskip("bpy", reason="bpy (Blender as a Python module) is not installed; run bin/test-blender")
 if not os.environ.get("DR_ENGINE_PYTHON"):
     pytest.skip("DR_ENGINE_PYTHON (the engine's interpreter) is not set", allow_module_level=True)
-
-
-def _status():
-    return bpy.context.window_manager.diffusion_renderer
-
-
-def _timer():
-    timer = sys.modules[PKG + ".client.timer"]
-    assert bpy.app.timers.is_registered(timer.tick), "the add-on's engine timer is not registered"
-    return timer
-
-
-def _client():
-    return sys.modules[PKG + ".client"].current()
-
-
-def pump(until, timeout=240.0) -> list:
-    """What Blender's event loop does: call the registered timer function at the interval it returns.
-    Returns the (progress, status, job_id) seen after each tick."""
-    timer, seen = _timer(), []
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, f"timed out; last status {seen[-1:]}"
-        interval = timer.tick()
-        st = _status()
-        seen.append((st.progress, st.status, st.job_id))
-        time.sleep(min(interval, 0.02))
-    return seen
-
-
-def _idle() -> bool:
-    client = _client()
-    return not _status().running and (client is None or not client.registry.active())
+from addon_driver import client as _client, idle as _idle, pump, status as _status  # noqa: E402
 
 
 def _hdri(folder: Path, name: str, rgb) -> str:
@@ -147,7 +114,8 @@ def test_delight_non_blocking_progress_result_and_reimport(scene, tmp_path):
     assert (manifest.parent.parent / "result.json").is_file()
     assert Path(scene.gbuffer_set) == manifest.parent                  # ready for Relight Preview
     _assert_loaded(manifest)
-    assert _timer().tick() == _timer().IDLE_INTERVAL                   # idle again: slow polling
+    timer = sys.modules[PKG + ".client.timer"]
+    assert timer.tick() == timer.IDLE_INTERVAL                   # idle again: slow polling
 
 
 def test_relight_preview_delights_once_then_reuses_the_gbuffers(scene, tmp_path):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -46,29 +44,7 @@ sheet = probe_video(s.folder / "contact_sheet.mp4")
 print(json.dumps({"frames": s.frame_numbers, "fps": s.fps, "size": list(s.resolution),
                   "rgb": list(s.read("rgb", 1).shape), "sheet_fps": sheet.fps, "sheet_frames": sheet.frame_count}))
 """
-
-
-def _status():
-    return bpy.context.window_manager.diffusion_renderer
-
-
-def _client():
-    return sys.modules[PKG + ".client"].current()
-
-
-def _idle() -> bool:
-    client = _client()
-    return not _status().running and (client is None or not client.registry.active())
-
-
-def _pump(until, timeout=300.0) -> None:
-    """What Blender's event loop does: call the add-on's registered timer at the interval it returns."""
-    timer = sys.modules[PKG + ".client.timer"]
-    assert bpy.app.timers.is_registered(timer.tick)
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, f"timed out; status {_status().status!r}"
-        time.sleep(min(timer.tick(), 0.02))
+from addon_driver import client as _client, idle as _idle, pump as _pump, status as _status  # noqa: E402
 
 
 def _strips(scene):

@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,28 +25,7 @@ PKG = "bl_ext.user_default.diffusion_renderer"
 bpy = pytest.importorskip("bpy", reason="bpy (Blender as a Python module) is not installed; run bin/test-blender")
 needs_engine = pytest.mark.skipif(not os.environ.get("DR_ENGINE_PYTHON"),
                                   reason="DR_ENGINE_PYTHON (the engine's interpreter) is not set")
-
-
-def _status():
-    return bpy.context.window_manager.diffusion_renderer
-
-
-def _client():
-    return sys.modules[PKG + ".client"].current()
-
-
-def _idle() -> bool:
-    client = _client()
-    return not _status().running and (client is None or not client.registry.active())
-
-
-def _pump(until, timeout=240.0) -> None:
-    """What Blender's event loop does: call the add-on's timer function (timers do not fire in bpy-as-a-module)."""
-    tick = sys.modules[PKG + ".client.timer"].tick
-    deadline = time.monotonic() + timeout
-    while not until():
-        assert time.monotonic() < deadline, f"timed out; status {_status().status!r}"
-        time.sleep(min(tick(), 0.02))
+from addon_driver import client as _client, idle as _idle, pump as _pump, status as _status  # noqa: E402
 
 
 def _numbered(names) -> list:
