@@ -57,7 +57,7 @@ def _save_module(module: torch.nn.Module, config: dict, folder: Path, dtype: tor
     save_file(state, str(folder / "diffusion_pytorch_model.safetensors"), metadata={"format": "pt"})
 
 
-def _random_lora(unet: torch.nn.Module, rank: int, gen: torch.Generator) -> dict:
+def random_lora(unet: torch.nn.Module, rank: int, gen: torch.Generator) -> dict:
     """diffusers-format LoRA (``unet.<path>.lora.down/up.weight``) on every attention projection."""
     state = {}
     for name, mod in unet.named_modules():
@@ -112,7 +112,7 @@ def write_random_checkpoint(folder, kind: str, *, size: str = "tiny", seed: int 
             if lora_rank:
                 gen = torch.Generator("cpu").manual_seed(seed + 1)
                 (tmp / "lora").mkdir()
-                save_file(_random_lora(unet, lora_rank, gen), str(tmp / "lora" / "pytorch_lora_weights.safetensors"),
+                save_file(random_lora(unet, lora_rank, gen), str(tmp / "lora" / "pytorch_lora_weights.safetensors"),
                           metadata={"format": "pt"})
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
         os.replace(tmp, folder)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from engine.atomic import atomic_write
-from engine.contract.params import default as _default
+from engine.contract.params import default as param_default
 from engine.errors import UserError
 
 CACHE_DIR = ".dr-resume"
@@ -28,23 +28,23 @@ class JobSettings:
     """Settings every job shares (model, windows, sampling, device, outputs). Field names are the job
     parameters' and every default is the parameter table's (engine/contract/params.py)."""
     model: str = ""                                    # per kind: InverseSettings / ForwardSettings
-    revision: Optional[str] = _default("revision")
-    frames: int = _default("frames")                   # frames per model window
-    overlap: int = _default("overlap")                 # frames shared by neighbouring windows
-    steps: int = _default("steps")
-    resolution: Optional[tuple] = _default("resolution")   # (W, H); None = cover 512 keeping the aspect (×64)
-    seed: Optional[int] = _default("seed")
-    device: str = _default("device")
-    dtype: str = _default("dtype")
-    decode_chunk: int = _default("decode_chunk")
-    decode_overlap: int = _default("decode_overlap")
-    memory: str = _default("memory")                   # default | low-vram | minimal (engine/pipelines/memory.py)
-    blend: str = _default("blend")
-    windows_per_segment: int = _default("windows_per_segment")
-    overwrite: bool = _default("overwrite")
-    previews: bool = _default("previews")
-    output_size: str = _default("output_size")   # source | processing | WxH (engine/jobs/framing.py)
-    fit: str = _default("fit")                   # pad | crop | stretch: the input's aspect in the processing size
+    revision: Optional[str] = param_default("revision")
+    frames: int = param_default("frames")                   # frames per model window
+    overlap: int = param_default("overlap")                 # frames shared by neighbouring windows
+    steps: int = param_default("steps")
+    resolution: Optional[tuple] = param_default("resolution")   # (W, H); None = cover 512 keeping the aspect (×64)
+    seed: Optional[int] = param_default("seed")
+    device: str = param_default("device")
+    dtype: str = param_default("dtype")
+    decode_chunk: int = param_default("decode_chunk")
+    decode_overlap: int = param_default("decode_overlap")
+    memory: str = param_default("memory")                   # default | low-vram | minimal (engine/pipelines/memory.py)
+    blend: str = param_default("blend")
+    windows_per_segment: int = param_default("windows_per_segment")
+    overwrite: bool = param_default("overwrite")
+    previews: bool = param_default("previews")
+    output_size: str = param_default("output_size")   # source | processing | WxH (engine/jobs/framing.py)
+    fit: str = param_default("fit")                   # pad | crop | stretch: the input's aspect in the processing size
 
 
 class JobError(UserError):

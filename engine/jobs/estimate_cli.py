@@ -6,12 +6,12 @@ import argparse
 import json
 
 from engine.contract import params as _P
-from engine.cli_options import size_argument as _size
+from engine.cli_options import size_argument
 
 
 def add_estimate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("kind", choices=["inverse", "forward"])
-    p.add_argument("--size", type=_size, required=True, metavar="WxH", help="input clip size (e.g. 1920x1080)")
+    p.add_argument("--size", type=size_argument, required=True, metavar="WxH", help="input clip size (e.g. 1920x1080)")
     p.add_argument("--frames", type=int, required=True, help="frames in the clip")
     p.add_argument("--passes", type=int, default=len(_P.default("passes", "inverse")),
                    help=f"inverse passes (default {len(_P.default('passes', 'inverse'))})")

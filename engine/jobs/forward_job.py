@@ -9,7 +9,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from engine.contract.params import default as _default
+from engine.contract.params import default as param_default
 from engine.contract.params import parse_size
 from engine.jobs.common import (JobError, JobSettings, Progress, ResumeCache, check_writable, cover_resolution,
                                decode_settings, file_identity, job_summary, load_renderer, settings_key)
@@ -26,19 +26,19 @@ from engine.jobs.segments import noise_for, plan_segments, run_segments
 
 @dataclass
 class ForwardSettings(JobSettings):
-    model: str = _default("model", "forward")
-    lora_scale: float = _default("lora_scale")
-    guidance: float | list = _default("guidance")   # or [min, max]: ramped over each window's frames
-    rotate_light: bool = _default("rotate_light")
-    fixed_frame: Optional[int] = _default("fixed_frame")
-    elevation: float = _default("elevation")
-    elevation_convention: str = _default("elevation_convention")
-    env_rotation: float = _default("env_rotation")
-    env_strength: float = _default("env_strength")
-    env_flip: bool = _default("env_flip")
-    hdri_settings: Optional[list] = _default("hdri_settings")   # per HDRI: {rotation, strength, flip}
-    camera_follow: bool = _default("camera_follow")
-    env_resolution: tuple = parse_size(_default("env_resolution"))[::-1]   # (H, W)
+    model: str = param_default("model", "forward")
+    lora_scale: float = param_default("lora_scale")
+    guidance: float | list = param_default("guidance")   # or [min, max]: ramped over each window's frames
+    rotate_light: bool = param_default("rotate_light")
+    fixed_frame: Optional[int] = param_default("fixed_frame")
+    elevation: float = param_default("elevation")
+    elevation_convention: str = param_default("elevation_convention")
+    env_rotation: float = param_default("env_rotation")
+    env_strength: float = param_default("env_strength")
+    env_flip: bool = param_default("env_flip")
+    hdri_settings: Optional[list] = param_default("hdri_settings")   # per HDRI: {rotation, strength, flip}
+    camera_follow: bool = param_default("camera_follow")
+    env_resolution: tuple = parse_size(param_default("env_resolution"))[::-1]   # (H, W)
 
 
 # model-encoded G-buffer inputs → how they are resampled to the processing size (engine/jobs/framing.py):

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from engine.contract.params import default as _default
+from engine.contract.params import default as param_default
 from engine.jobs.common import (JobError, JobSettings, Progress, ResumeCache, check_writable, decode_settings,
                                file_identity, job_summary, load_renderer, settings_key)
 from engine.jobs.framing import check_settings, from_processing, plan_framing, processing_size, source_to_output, to_processing
@@ -21,13 +21,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class InverseSettings(JobSettings):
-    passes: tuple = tuple(_default("passes"))
-    model: str = _default("model", "inverse")
-    frame_range: Optional[tuple] = _default("frame_range")   # (first, last) inclusive, in the set's frame numbers
-    fps: Optional[float] = _default("fps")                   # output rate by frame selection (None: the source's)
-    source_fps: Optional[float] = _default("source_fps")     # an image sequence's rate (a video's own when overridden)
-    first_frame: Optional[int] = _default("first_frame")     # number of a video's first frame (None: 1)
-    colorspace: str = _default("colorspace")                 # auto | srgb | linear | an OCIO name (engine/colour.py)
+    passes: tuple = tuple(param_default("passes"))
+    model: str = param_default("model", "inverse")
+    frame_range: Optional[tuple] = param_default("frame_range")   # (first, last) inclusive, in the set's frame numbers
+    fps: Optional[float] = param_default("fps")                   # output rate by frame selection (None: the source's)
+    source_fps: Optional[float] = param_default("source_fps")     # an image sequence's rate (a video's own when overridden)
+    first_frame: Optional[int] = param_default("first_frame")     # number of a video's first frame (None: 1)
+    colorspace: str = param_default("colorspace")                 # auto | srgb | linear | an OCIO name (engine/colour.py)
 
 
 @dataclass

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from engine.cli_options import size_argument as _size
+from engine.cli_options import size_argument
 from engine.contract import params as _P
 from engine.perf.bench import DEFAULT_VARIANTS, VARIANTS
 
@@ -26,10 +26,10 @@ def _variants(text: str) -> tuple[str, ...]:
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny", action="store_true", help="tiny random models (seconds on a CPU) instead of the "
                    "full-size published configurations")
-    p.add_argument("--resolution", type=_size, default=(512, 512), metavar="WxH", help="frame size (default 512x512)")
+    p.add_argument("--resolution", type=size_argument, default=(512, 512), metavar="WxH", help="frame size (default 512x512)")
     p.add_argument("--frames", type=int, default=_P.default("frames"), help=f"frames per clip (default {_P.default('frames')})")
     p.add_argument("--steps", type=int, default=_P.default("steps"), help=f"denoising steps (default {_P.default('steps')})")
-    p.add_argument("--env-resolution", type=_size, default=None, metavar="WxH",
+    p.add_argument("--env-resolution", type=size_argument, default=None, metavar="WxH",
                    help="env-map size (default 512x512 full-size, the frame size with --tiny)")
     p.add_argument("--device", default=_P.default("device"), help=_P.param("device").help)
     p.add_argument("--dtype", default=_P.default("dtype"), choices=_P.param("dtype").choices, help=_P.param("dtype").help)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from engine.models.published_configs import FULL
-from engine.random_checkpoint import SCHEDULER, TINY, _random_lora
+from engine.random_checkpoint import SCHEDULER, TINY, random_lora
 
 BENCH_LORA_RANK = 16  # the released LoRA's rank is not known here; its cost is small either way
 
@@ -48,7 +48,7 @@ def build_components(kind: str, size: str = "full", *, device=None, dtype=None, 
             from safetensors.torch import save_file
 
             rank = 4 if size == "tiny" else BENCH_LORA_RANK
-            state = _random_lora(unet, rank, torch.Generator("cpu").manual_seed(seed + 1))
+            state = random_lora(unet, rank, torch.Generator("cpu").manual_seed(seed + 1))
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "pytorch_lora_weights.safetensors"
                 save_file(state, str(path))
