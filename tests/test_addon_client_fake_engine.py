@@ -108,7 +108,9 @@ def test_cancel_escalates_to_sigint_then_kill(tmp_path, mode):
         dr.blocking.wait(job, c, timeout=30, raise_on_error=False)
         assert job.state == "cancelled" and time.monotonic() - t0 >= 0.3
         if mode == "sigint":      # the engine obeyed SIGINT and keeps serving
-            assert c.state == "ready" and c.proc.pid == pid and "fake engine: SIGINT" in c.stderr_tail()
+            # its stderr line comes through another pipe and reader thread than the cancel reply: wait for it
+            wait_for(c, lambda: "fake engine: SIGINT" in "\n".join(c.stderr_tail()), timeout=10)
+            assert c.state == "ready" and c.proc.pid == pid
         else:                     # ignored SIGINT too: killed; the next job starts a new engine
             assert c.state == "stopped" and c.proc is None
             nxt = c.submit("inverse", {"input": str(tmp_path)})
