@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import json
 
-from . import params as _params
+from . import params as param_table
 from .fields import Field, clean_number, markdown_table, parse_version
-from .fields import is_type as _is
-from .fields import show as _show
-from .fields import table_problems as _table_problems
+from .fields import is_type
+from .fields import show
+from .fields import table_problems
 from .gbuffer_set import DEFAULT_PASSES as _DEFAULT_PASSES, MODEL_PASSES
 
 PROTOCOL_VERSION = (1, 2)   # 1.1: "estimate", "memory"; 1.2: job kind "gbuffers", stage "convert", params
@@ -45,11 +45,11 @@ ERROR_CODES = {
 
 PASSES = MODEL_PASSES
 DEFAULT_PASSES = list(_DEFAULT_PASSES)
-JOB_KINDS = _params.KINDS
+JOB_KINDS = param_table.KINDS
 ESTIMATE_KINDS = ("inverse", "forward")      # the kinds that run a model (gbuffers only converts files)
 PROGRESS_STAGES = ("load_model", "denoise", "convert", "write",   # "write": decoding/writing the files
                    "download")                                     # "download": step/total in MiB
-MEMORY_MODES = _params.MEMORY_MODES
+MEMORY_MODES = param_table.MEMORY_MODES
 # additive within 1.2: the "download" request (the published models, engine/model_registry.py PUBLISHED_MODELS;
 # a test keeps them equal); a download ends with a "result" of kind "download" or an "error"
 DOWNLOAD_MODELS = ("inverse", "forward", "forward-objaverse")
@@ -128,9 +128,9 @@ MESSAGES: dict = {
     },
 }
 
-INVERSE_PARAMS = _params.fields("inverse")
-FORWARD_PARAMS = _params.fields("forward")
-GBUFFERS_PARAMS = _params.fields("gbuffers")
+INVERSE_PARAMS = param_table.fields("inverse")
+FORWARD_PARAMS = param_table.fields("forward")
+GBUFFERS_PARAMS = param_table.fields("gbuffers")
 PARAMS = {"inverse": INVERSE_PARAMS, "forward": FORWARD_PARAMS, "gbuffers": GBUFFERS_PARAMS}
 ESTIMATE_SIZE = {k: Field("int", k in ("width", "height", "frames"), minimum=1)
                  for k in ("width", "height", "frames", "passes", "lights")}
@@ -143,7 +143,7 @@ def _version_problem(msg: dict) -> tuple | None:
         return "bad_message", f"field 'v': required, the protocol version (this side speaks {VERSION})"
     version = parse_version(msg["v"])
     if version is None:
-        return "bad_message", f"field 'v': expected 'MAJOR.MINOR' like {VERSION!r}, got {_show(msg['v'])}"
+        return "bad_message", f"field 'v': expected 'MAJOR.MINOR' like {VERSION!r}, got {show(msg['v'])}"
     if version[0] != PROTOCOL_VERSION[0]:
         return "version_mismatch", (f"protocol version {msg['v']} is not compatible with {VERSION} (the major "
                                     "version must match: update the engine or the add-on)")
@@ -152,7 +152,7 @@ def _version_problem(msg: dict) -> tuple | None:
 
 def _params_problems(kind: str, params: dict, inputs: bool = True) -> list:
     """Problems of a job's params; ``inputs=False`` (estimates): the input fields may be left out."""
-    return _params.problems(kind, params, inputs=inputs)
+    return param_table.problems(kind, params, inputs=inputs)
 
 
 def _classify(msg, direction: str) -> tuple:
@@ -164,7 +164,7 @@ def _classify(msg, direction: str) -> tuple:
     envelope = []
     mtype = msg.get("type")
     if not isinstance(mtype, str) or not mtype:
-        envelope.append(f"field 'type': required, a message type string, got {_show(mtype)}")
+        envelope.append(f"field 'type': required, a message type string, got {show(mtype)}")
     bad_version = _version_problem(msg)
     if bad_version and bad_version[0] == "version_mismatch":
         return bad_version[0], [bad_version[1]]
@@ -176,13 +176,13 @@ def _classify(msg, direction: str) -> tuple:
     if table is None:
         return "unknown_type", [f"unknown message type {mtype!r}; {direction.replace('_', ' ')} types are: "
                                 f"{', '.join(MESSAGES[direction])}"]
-    problems = _table_problems(msg, table, "", f"in a {mtype} message")
+    problems = table_problems(msg, table, "", f"in a {mtype} message")
     if "job" in table and isinstance(msg.get("job"), str) and not 1 <= len(msg["job"]) <= 128:
         problems.append("field 'job': must be 1 to 128 characters")
     if mtype == "submit" and direction == TO_ENGINE and not problems:
         problems += _params_problems(msg["kind"], msg["params"])
     if mtype == "estimate" and direction == TO_ENGINE and not problems:
-        problems += _table_problems(msg["size"], ESTIMATE_SIZE, "size.", "in an estimate")
+        problems += table_problems(msg["size"], ESTIMATE_SIZE, "size.", "in an estimate")
         problems += _params_problems(msg["kind"], msg.get("params", {}), inputs=False)
     return "invalid_params", problems
 
@@ -207,7 +207,7 @@ def _error(code: str, problems: list, msg=None) -> ProtocolError:
     reply_to = job = None
     if isinstance(msg, dict):
         rid = msg.get("id")
-        reply_to = rid if (_is(rid, "str") and len(rid) <= 128) or _is(rid, "int") else None
+        reply_to = rid if (is_type(rid, "str") and len(rid) <= 128) or is_type(rid, "int") else None
         job = msg.get("job") if isinstance(msg.get("job"), str) and 1 <= len(msg["job"]) <= 128 else None
     text = problems[0] if len(problems) == 1 else f"{problems[0]} (and {len(problems) - 1} more problem(s))"
     return ProtocolError(code, text, problems, reply_to=reply_to, job=job)
