@@ -23,7 +23,10 @@ def _package():
 
 _pkg = _package()
 atomic, blender_passes, fields, footage = _pkg.atomic, _pkg.blender_passes, _pkg.fields, _pkg.footage
+containment = _pkg.containment          # folders never written into (the Output Folder check)
 gbuffer_set = _pkg.gbuffer_set
+preview = _pkg.preview                  # the live preview's frame window (preview_window)
 json_text, params, protocol, render_json = _pkg.json_text, _pkg.params, _pkg.protocol, _pkg.render_json
 
-__all__ = ["atomic", "blender_passes", "fields", "footage", "gbuffer_set", "json_text", "params", "protocol", "render_json"]
+__all__ = ["atomic", "blender_passes", "containment", "fields", "footage", "gbuffer_set", "json_text", "params", "preview", "protocol",
+           "render_json"]

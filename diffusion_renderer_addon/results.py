@@ -2,7 +2,8 @@
 
 * :func:`output_root` — where job folders go: the scene's *Output Folder*, by default ``//neural/`` next to
   the saved .blend. An unsaved file with a ``//`` folder is refused with the choice to make (save the file,
-  or set an absolute Output Folder); never the working directory, never the extension's own folder.
+  or set an absolute Output Folder); never the working directory, never the extension's own folder, the
+  engine's or Blender's installation or a system folder (``contract.containment``).
 * :class:`Origin` — the file (``bpy.data.filepath``) and scene that started a job, captured when the task
   starts. :func:`deliver` loads a finished job's sets into that scene when that file is still the open one
   (the same session, even saved under another name since) or open again; otherwise the sets **wait**: a
@@ -24,12 +25,13 @@ import bpy
 from bpy.app.handlers import persistent
 
 from . import preferences as prefs_mod
-from .contract import atomic, json_text
+from .contract import atomic, containment, json_text
 
 __all__ = ["DEFAULT_OUTPUT", "Origin", "output_root", "deliver", "load_into", "pending", "on_load_post",
            "register", "unregister"]
 
 DEFAULT_OUTPUT = "//neural/"
+_TASK_BUTTONS = {"delight": "Delight", "render": "Neural Render", "relight": "Relight Preview"}
 REGISTRY_NAME = "pending.json"
 _SESSION = {"generation": 0}       # bumped on every file load: an Origin of an older generation is another file
 
@@ -40,12 +42,19 @@ def _key(blend: str) -> str:
 
 def output_root(context) -> str:
     """The absolute parent folder of the job folders. Raises ValueError when the folder is relative to an
-    unsaved file."""
+    unsaved file, or lies in a system folder or the extension's / engine's installation (the contract's
+    ``containment``: the engine would refuse it too)."""
     raw = (context.scene.diffusion_renderer.output_dir or "").strip() or DEFAULT_OUTPUT
     if raw.startswith("//") and not bpy.data.filepath:
         raise ValueError(f"Save the .blend file first (File › Save): results go to Output Folder “{raw}” next to "
                          f"it. Or set Output Folder (Neural Render › Sampling & Output) to an absolute folder")
-    return os.path.abspath(bpy.path.abspath(raw))
+    root = os.path.abspath(bpy.path.abspath(raw))
+    reason = containment.forbidden_reason(root)
+    if reason:
+        raise ValueError(f"The Output Folder {root} {reason}; nothing is written there. Choose another Output "
+                         f"Folder (Neural Render › Sampling & Output), e.g. the default //neural/ beside the "
+                         f".blend file")
+    return root
 
 
 @dataclass(frozen=True)
@@ -122,16 +131,41 @@ def load_into(scene, manifests, task: str = "", *, name: str | None = None) -> l
     from .reimport import import_result
     from .reimport.names import blend_path
 
+    for path in manifests:          # every set whole before anything is created or switched
+        try:
+            _check_complete(path)
+        except Exception as exc:  # noqa: BLE001 - reported like any other task error
+            raise RuntimeError(_load_failed(path, exc, task)) from exc
     loaded = []
     for path in manifests:
         try:
             item = import_result(path, scene=scene, task=task, name=name,
                                  make_vse=bool(_settings_flag(scene, "add_strip")))
         except Exception as exc:  # noqa: BLE001 - reported like any other task error
-            raise RuntimeError(f"Loading {path} failed: {exc}") from exc
+            raise RuntimeError(_load_failed(path, exc, task)) from exc
         loaded.append(item)
         _record(scene, item, task, blend_path(os.path.join(item["path"], "manifest.json")))
     return loaded
+
+
+def _check_complete(path) -> None:
+    """Raise ReimportError naming the first frame file of the set that is missing (a pass folder deleted,
+    a set copied in part), so that a damaged set changes nothing in the scene."""
+    from .reimport.sequences import ReimportError, frame_path, read_manifest
+
+    info = read_manifest(path)
+    for name, spec in info.manifest["passes"].items():
+        pattern = spec.get("path") if isinstance(spec, dict) else None
+        missing = next((f for f in (frame_path(info.path, pattern, n) for n in info.frames) if not f.is_file()),
+                       None) if pattern else None
+        if missing is not None:
+            raise ReimportError(f"{missing}: pass {name!r} frame file is missing")
+
+
+def _load_failed(path, exc, task: str) -> str:
+    button = _TASK_BUTTONS.get(task, "the task that made it")
+    return (f"Loading {path} failed: {exc}. Nothing was changed; run {button} again (Neural Render panel) to "
+            f"remake the set, or choose another one with Load Result")
 
 
 def _record(scene, item: dict, task: str, manifest: str) -> None:

@@ -30,6 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
     for kind, text in JOB_COMMANDS.items():
         add_job_arguments(sub.add_parser(kind, help=text), kind)
 
+    p = sub.add_parser("preview", help="relight one frame of a G-buffer set quickly (the add-on's Live Preview)")
+    p.add_argument("set", metavar="SET", help="G-buffer set or Blender render folder (render.json)")
+    p.add_argument("--hdri", required=True, metavar="FILE", help="environment map (.hdr/.exr)")
+    p.add_argument("--frame", required=True, type=int, metavar="N", help="the frame number to relight")
+    p.add_argument("--out", required=True, metavar="FILE", help="the .exr to write (linear); a .png beside it")
+    add_job_arguments(p, "preview")
+
     p = sub.add_parser("seams", help="seam metric of a written set at the chunk boundaries of given window settings")
     p.add_argument("set", type=Path, help="a G-buffer or relit set folder")
     p.add_argument("--frames", type=int, default=default("frames"),
@@ -102,6 +109,25 @@ def cmd_job(args) -> int:
     return 0
 
 
+def cmd_preview(args) -> int:
+    """`preview`: the same params, checks and code as the protocol's "preview" request."""
+    from engine.jobs.preview_job import run_preview
+
+    params = params_from_args("preview", args)
+    problems = check_params("preview", params)
+    if problems:
+        raise UserError(problems[0])
+    out = Path(args.out).expanduser().absolute()
+    summary = run_preview(Path(args.set).expanduser(), Path(args.hdri).expanduser(), args.frame, out, params)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        w, h = summary["size"]
+        print(f"preview: frame {summary['frame']} (window {summary['frames'][0]}..{summary['frames'][1]}) at {w}x{h}, "
+              f"{summary['steps']} steps → {out} ({summary['latency_s']:.2f} s)")
+    return 0
+
+
 def cmd_seams(args) -> int:
     from engine.jobs.seam_report import seam_report
 
@@ -141,7 +167,8 @@ def main(argv=None) -> int:
     tune_malloc()
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    handlers = {**dict.fromkeys(JOB_COMMANDS, cmd_job), "seams": cmd_seams, "conformance": cmd_conformance,
+    handlers = {**dict.fromkeys(JOB_COMMANDS, cmd_job), "seams": cmd_seams, "preview": cmd_preview,
+                "conformance": cmd_conformance,
                 "info": cmd_info}
     try:
         if args.command == "serve":

@@ -39,7 +39,7 @@ def add_job_arguments(parser: argparse.ArgumentParser, kind: str) -> None:
                                 metavar=p.metavar, help=_help(p, kind))
         else:
             typed = p.cli == "option" and not p.choices
-            parser.add_argument(p.flag, dest=p.name, default=None, type=_arg_type(p) if typed else str,
+            parser.add_argument(p.flag, *p.aliases, dest=p.name, default=None, type=_arg_type(p) if typed else str,
                                 choices=p.choices if p.cli == "option" else None,
                                 required=p.required or p.cli_required,
                                 metavar=None if p.choices and p.cli == "option" else p.metavar,

@@ -87,12 +87,26 @@ _OS_ERRORS = {
 }
 
 
+# The allocators' own words in a RuntimeError (torch raises plain RuntimeErrors for these): the CPU allocator
+# ("DefaultCPUAllocator: can't allocate memory", "… not enough memory" on Windows), CUDA/HIP/MPS and the cuDNN /
+# cuBLAS handles failing to allocate. Matched on the allocator's phrase, never on "memory" alone.
+_OOM_PHRASES = ("defaultcpuallocator: can't allocate memory", "defaultcpuallocator: not enough memory",
+                "cuda out of memory", "cuda error: out of memory", "hip out of memory", "hip error: out of memory",
+                "mps backend out of memory", "cudnn_status_alloc_failed", "cublas_status_alloc_failed",
+                "cufft_alloc_failed", "cusolver_status_alloc_failed")
+
+
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, (MemoryError, ModelMemoryError)):
         return True
     torch = sys.modules.get("torch")
     oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    return oom is not None and isinstance(exc, oom)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    if type(exc) is RuntimeError:                   # the allocator's message, not an error that mentions memory
+        text = str(exc).lower()
+        return any(phrase in text for phrase in _OOM_PHRASES)
+    return False
 
 
 def _lines(text: str) -> list:
@@ -111,10 +125,40 @@ def _os_error(exc: OSError) -> Classified | None:
         lines = _lines(str(exc)) or [f"{type(exc).__name__} (no file named)"]
         return Classified("input_error", lines[0].strip(), None, tuple(lines[1:]))
     what, fix = known
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        what += _disk_space(exc)
     if exc.filename is None:
         return Classified("input_error", what[0].upper() + what[1:], fix)
     target = f"{exc.filename} → {exc.filename2}" if exc.filename2 is not None else f"{exc.filename}"
     return Classified("input_error", f"{target}: {what}", fix)
+
+
+def format_size(n: float) -> str:
+    """Bytes for a message: ``512 B``, ``3.4 MB``, ``1.2 GB`` (powers of 1024)."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def _disk_space(exc: OSError) -> str:
+    """A full disk's figures: the space the write needed (when the writer recorded it) and what is free."""
+    import os
+    import shutil
+
+    parts = []
+    if getattr(exc, "needed_bytes", None):
+        parts.append(f"needs about {format_size(exc.needed_bytes)}")
+    if exc.filename is not None:
+        where = os.path.abspath(str(exc.filename))
+        while not os.path.exists(where) and os.path.dirname(where) != where:
+            where = os.path.dirname(where)
+        try:
+            parts.append(f"{format_size(shutil.disk_usage(where).free)} free there")
+        except OSError:
+            pass
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def classify(exc: BaseException, log_file=None) -> Classified:

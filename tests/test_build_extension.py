@@ -40,6 +40,9 @@ def test_zip_built_and_validated(built):
                      "client/session.py", "preferences.py", "bin/_bootstrap.py", "pyproject.toml"):
         assert required in names, required
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc") or n.startswith("tests/")]
+    # only what git tracks (+ Python sources not added yet): no hidden files, caches, outputs or blobs
+    assert not [n for n in names if any(p.startswith(".") for p in n.split("/"))]
+    assert {n.rsplit(".", 1)[-1] for n in names if n.startswith(("engine/", "client/"))} == {"py"}
     # validating again with the tool itself passes
     check = subprocess.run([PY, TOOL, "validate", str(zip_path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr

@@ -119,7 +119,7 @@ def _mistakes(a):
          "input_error"),
         ("seed beyond 64 bits", "inverse", _inv(a, seed=2**70), "at most 9223372036854775807", "invalid_params"),
         ("decode overlap >= chunk", "inverse", _inv(a, decode_chunk=2, decode_overlap=4), "decode", "invalid_params"),
-        ("resolution beyond 8192", "inverse", _inv(a, resolution="16384x64"), "8192", "invalid_params"),
+        ("resolution beyond 4096", "inverse", _inv(a, resolution="4160x64"), "4096", "invalid_params"),
     ]
 
 

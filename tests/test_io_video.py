@@ -174,3 +174,11 @@ def test_batch_of_videos(tmp_path, mp4):
     clips = find_clips(tmp_path / "b")
     assert [p.name for p in clips] == ["take2.mov", "take10.mp4"]
     assert all(len(open_clip(p)) == N for p in clips)
+
+
+def test_probe_is_cached_per_file_and_lists_runs(mp4):
+    from engine.io.video import frame_list
+
+    assert probe_video(mp4) is probe_video(mp4)              # one decode per file version
+    assert probe_video(mp4).missing == () and probe_video(mp4).container_frames == N
+    assert frame_list([4, 5, 6, 9]) == "4–6, 9" and frame_list([7]) == "7" and frame_list([]) == ""

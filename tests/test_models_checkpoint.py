@@ -125,8 +125,10 @@ def test_renamed_key_is_reported(tmp_path, env_state):
     assert err.shape_mismatched == []
     msg = str(err)
     assert str(folder) in msg and "EnvEncoder" in msg
-    assert "1 missing, 1 unexpected, 0 shape-mismatched" in msg
-    assert "down_blocks.0.resnets.0.conv1.weight\n" in msg and "down_blocks.0.resnets.0.conv1.weights" in msg
+    assert "\n" not in msg                                   # one line; every key in .details (-v)
+    assert "1 missing keys (down_blocks.0.resnets.0.conv1.weight)" in msg
+    assert "1 unexpected keys (down_blocks.0.resnets.0.conv1.weights)" in msg
+    assert "missing key: down_blocks.0.resnets.0.conv1.weight" in err.details
 
 
 def test_wrong_shape_is_reported(tmp_path, env_state):
@@ -138,7 +140,7 @@ def test_wrong_shape_is_reported(tmp_path, env_state):
     err = info.value
     assert err.missing == [] and err.unexpected == []
     assert err.shape_mismatched == [("conv_in.weight", (32, 8, 3, 3), (32, 12, 3, 3))]
-    assert "conv_in.weight: (32, 8, 3, 3) vs (32, 12, 3, 3)" in str(err)
+    assert "conv_in.weight: file (32, 8, 3, 3) vs module (32, 12, 3, 3)" in str(err)
 
 
 def test_non_float_tensor_is_reported(tmp_path, env_state):
@@ -162,10 +164,12 @@ def test_many_mismatches_are_truncated_with_counts(tmp_path, env_state):
     assert len(err.missing) > 800 and len(err.unexpected) > 10
     assert "conv_in.weight" not in err.missing  # present in both, but with another shape
     msg = str(err)
-    assert f"missing keys (first 10 of {len(err.missing)})" in msg
-    assert f"unexpected keys (first 10 of {len(err.unexpected)})" in msg
-    assert "conv_in.weight: (32, 12, 3, 3) vs (32, 8, 3, 3)" in msg
-    assert len(msg.splitlines()) < 45
+    assert "\n" not in msg and len(msg) < 1000                # one line: counts and the first keys
+    assert f"{len(err.missing)} missing keys ({err.missing[0]}, {err.missing[1]}, …)" in msg
+    assert f"{len(err.unexpected)} unexpected keys (" in msg
+    assert "conv_in.weight: file (32, 12, 3, 3) vs module (32, 8, 3, 3)" in msg
+    assert f"… and {len(err.missing) - 50} more missing keys" in err.details     # the details: -v only
+    assert len(err.details) < 210 and err.details == tuple(err.__notes__)
 
 
 def test_missing_files_and_folders(tmp_path, env_state):

@@ -254,3 +254,99 @@ def test_cube_map_cache_is_keyed_by_content_and_settings(monkeypatch):
     process_environment_map(edited, **kw)                          # edited pixels: never served stale
     process_environment_map(hdr, cache=False, **kw)                # the reference pattern: always rebuilt
     assert len(built) == 4
+
+
+# ------------------------------------------------------------------------------------------ N GPUs (cluster)
+PROF = cost_model.Profile("t", 100.0, 10.0, 0.01, 0.05)
+SHOT = {"width": 512, "height": 512, "frames": 300, "passes": 5, "lights": 3}
+
+
+@pytest.mark.parametrize("kind", ["inverse", "forward"])
+def test_estimate_on_gpus_is_todays_on_one_and_falls_with_more(kind):
+    from engine.jobs.job_estimate import estimate_job
+
+    params = {"device": "cuda"}
+    today = estimate_job(kind, SHOT, params, profile=PROF)
+    assert estimate_job(kind, SHOT, params, profile=PROF, gpus=1) == today and "cluster" not in today
+    rows = {n: estimate_job(kind, SHOT, params, profile=PROF, gpus=n) for n in (2, 4, 8)}
+    secs = [today["seconds"]] + [rows[n]["seconds"] for n in (2, 4, 8)]
+    assert secs == sorted(secs, reverse=True) and len(set(secs)) == 4       # strictly faster with more GPUs
+    for n, r in rows.items():
+        c = r["cluster"]
+        assert c["seconds_one_gpu"] == pytest.approx(today["seconds"], abs=0.02)
+        assert 1.0 < c["speedup"] < n                                       # start-up and idle workers cost
+        assert c["seconds"] == pytest.approx(c["startup_s"] + c["compute_s"], abs=0.02)
+        assert c["units"] == 5 * (3 if kind == "forward" else 1)           # 17 windows → 5 segments (× 3 HDRIs)
+        assert r["peak_memory_gb"] == today["peak_memory_gb"]              # per worker: one job's memory
+
+
+def test_cluster_units_add_up_to_the_one_gpu_time_and_are_scheduled():
+    from engine.perf.cluster_cost import ClusterCosts, cluster_estimate
+
+    one = cost_model.estimate("inverse", width=512, height=512, frames=300, passes=5, device="cuda", profile=PROF)
+    free = ClusterCosts(0, 0, 1e9, 0, 0, 1e9)                  # no start-up, no overheads, instant exchange
+    geo = dict(frames=300, window=24, overlap=6, windows_per_segment=4, steps=20, costs=free, latent_hw=(64, 64),
+               exchange_items=5)
+    seq = cluster_estimate(one, gpus=1, split="segments", **geo)
+    assert seq["windows_per_segment"] == [4, 4, 4, 4, 1] and seq["startup_s"] == 0
+    assert seq["compute_s"] == pytest.approx(one["seconds"], abs=0.02)     # the units partition the job
+    wide = cluster_estimate(one, gpus=8, split="segments", **geo)
+    unet, other = one["seconds_by_part"]["unet"], one["seconds_by_part"]["encode_decode"]
+    a = unet * 4 / 17 + other * 78 / 336        # segments 0-3: 4 of 17 windows, 78 of the segments' 336 frames
+    b = unet * 1 / 17 + other * 24 / 336        # segment 4: the last window
+    assert wide["compute_s"] == pytest.approx(a, abs=0.02)                 # 5 units on 8 GPUs: the longest one
+    two = cluster_estimate(one, gpus=2, split="segments", **geo)
+    assert two["compute_s"] == pytest.approx(2 * a + b, abs=0.02)          # in order to the first free worker
+    win = cluster_estimate(one, gpus=4, split="windows", **geo)            # 4 ranks: one window each per segment
+    assert win["compute_s"] == pytest.approx(unet * 5 / 17 + other, abs=0.02)
+    costly = cluster_estimate(one, gpus=4, split="windows", **{**geo, "costs": ClusterCosts(0, 0, 1e9, 0, 1.0, 1e9)})
+    assert costly["compute_s"] == pytest.approx(win["compute_s"] + 4 * 20 * 1.0, abs=0.02)  # 4 split segments × 20 steps
+    auto = cluster_estimate(one, gpus=8, split="auto", **geo)
+    assert auto["split"] == min(auto["by_split"], key=auto["by_split"].get)
+    assert win["exchange_mb_per_boundary_step"] == pytest.approx(1.966, abs=1e-3)  # 6 frames × 4 × 64² × fp32 × 5
+    with pytest.raises(ValueError, match="split"):
+        cluster_estimate(one, gpus=2, split="frames", **geo)
+
+
+def test_estimate_gpu_table_command(capsys):
+    code = cli_main(["estimate", "forward", "--size", "512x512", "--frames", "300", "--lights", "3", "--device", "cuda",
+                     "--gpus", "1,2,4,8"])
+    assert code == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line[:3] in ("| 1", "| 2", "| 4", "| 8")]
+    assert [int(r[0]) for r in rows] == [1, 2, 4, 8]
+    totals = [float(r[5]) for r in rows]
+    assert totals == sorted(totals, reverse=True)
+    assert rows[0][1].strip().startswith("—") and rows[3][2].strip() == "15"
+    with pytest.raises(SystemExit):
+        cli_main(["estimate", "inverse", "--size", "512x512", "--frames", "30", "--gpus", "0"])
+
+
+def test_cluster_bench_harness_runs_both_jobs_and_compares_outputs(monkeypatch):
+    """The harness around the jobs (inputs, runs, output comparison); the jobs here run in this process."""
+    from engine.perf import cluster_bench
+
+    monkeypatch.setattr(cluster_bench, "_needs_cluster_setting", lambda kind: None)
+    r = cluster_bench.run_cluster_bench("local:2", kinds=("inverse",), frames=6, width=64, height=64, steps=1,
+                                        window=4, overlap=1, log=lambda *a: None)
+    j = r["jobs"]["inverse"]
+    assert j["bit_identical"] is True and j["speedup"] > 0 and j["cluster"]["spec"] == "local:2"
+    a = {"x.exr": {"R": np.zeros(3, np.float32)}}
+    assert cluster_bench._identical(a, {"x.exr": {"R": np.zeros(3, np.float32)}})
+    assert not cluster_bench._identical(a, {"x.exr": {"R": np.full(3, 1e-7, np.float32)}})
+    assert not cluster_bench._identical({}, {})                     # nothing written is not "identical"
+
+
+def test_bench_cluster_runs_the_jobs_on_a_local_cluster(capsys):
+    import dataclasses
+
+    from engine.jobs.settings import settings_class
+
+    if "cluster" not in {f.name for f in dataclasses.fields(settings_class("inverse")[0])}:
+        with pytest.raises(SystemExit, match="no cluster/split settings"):
+            cli_main(["bench", "--cluster", "local:2"])
+        return
+    pytest.importorskip("ray")
+    assert cli_main(["bench", "--cluster", "local:2", "--frames", "16", "--steps", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["jobs"]) == {"inverse", "forward"}
+    assert all(j["bit_identical"] and j["speedup"] > 0 for j in r["jobs"].values())

@@ -18,7 +18,7 @@ def test_version_and_pass_list_match_the_engine():
 
     from engine.pipelines.memory import PLANS
 
-    assert P.PROTOCOL_VERSION == (1, 2) and P.VERSION == "1.2"
+    assert P.PROTOCOL_VERSION == (1, 3) and P.VERSION == "1.3"
     assert list(P.PASSES) == list(PASS_INDEX)
     assert P.MEMORY_MODES == tuple(PLANS)
     assert P.JOB_KINDS == ("inverse", "forward", "gbuffers") and "convert" in P.PROGRESS_STAGES
@@ -68,7 +68,7 @@ def test_validate_reports_every_problem_with_its_field():
     assert P.validate(P.submit("j", "gbuffers", "/tmp/j", {"input": "/r", "steps": 3})) == [
         "field 'params.steps': unknown parameter for gbuffers jobs"]
     assert P.validate(P.estimate("gbuffers", {"width": 64, "height": 64, "frames": 2})) == [
-        "field 'kind': 'gbuffers' is not one of inverse, forward"]
+        "field 'kind': 'gbuffers' is not one of inverse, forward, preview"]
 
 
 @pytest.mark.parametrize("msg,code", [

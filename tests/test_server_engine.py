@@ -359,6 +359,43 @@ def test_unload_frees_the_cached_models(engine):
     assert engine.recv(lambda m: m["type"] == "status")["loaded_models"] == []
 
 
+# ----------------------------------------------------------------------------- bounds and containment
+def _threads(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return int(next(line.split()[1] for line in fh if line.startswith("Threads:")))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/status")
+def test_a_flood_of_estimates_gets_one_reply_each_from_a_few_threads(engine):
+    """40 real estimates sent at once: each is answered exactly once (an estimate or `busy`), and the engine
+    never runs more than the pool's 2 estimate threads (before the pool: 40 threads, RSS 0.4 → 1.3 GB)."""
+    from engine.server.serve import ESTIMATE_WAITING, ESTIMATE_WORKERS
+
+    baseline = _threads(engine.proc.pid)
+    size = {"width": 96, "height": 64, "frames": 4}
+    engine.send_raw(b"".join(P.encode(P.estimate("inverse", size, {"steps": 2}, id=f"e{i}")).encode() + b"\n"
+                             for i in range(40)))
+    replies, most, t0 = {}, baseline, time.monotonic()
+    while len(replies) < 40:
+        m = engine.recv(lambda m: str(m.get("reply_to", "")).startswith("e"), timeout=120)
+        assert m["reply_to"] not in replies, f"two replies to {m['reply_to']}"
+        replies[m["reply_to"]] = m
+        most = max(most, _threads(engine.proc.pid))
+    kinds = [m["type"] if m["type"] == "estimate" else m["code"] for m in replies.values()]
+    assert set(kinds) <= {"estimate", "busy"} and kinds.count("busy") <= 40 - ESTIMATE_WORKERS - ESTIMATE_WAITING
+    assert kinds.count("estimate") >= ESTIMATE_WORKERS + ESTIMATE_WAITING, kinds
+    assert most - baseline <= ESTIMATE_WORKERS, (baseline, most)
+    print(f"\n40 estimates: {kinds.count('estimate')} served, {kinds.count('busy')} busy in "
+          f"{time.monotonic() - t0:.1f} s; threads {baseline} → {most}")
+
+
+def test_a_job_folder_inside_the_engine_is_refused_and_nothing_is_written(engine, assets):
+    job_dir = REPO / "engine" / "dr-test-job"
+    engine.send(P.submit("inside", "inverse", str(job_dir), _inv_params(assets["inv"], assets["clip"]), id="in"))
+    err = engine.recv(lambda m: m.get("job") == "inside")
+    assert err["type"] == "error" and err["code"] == "invalid_params" and "'job_dir'" in err["message"], err
+    assert not job_dir.exists()
+
 def test_stdin_eof_cancels_the_running_job_and_exits_cleanly(engine, assets):
     engine.send(P.submit("eof", "inverse", str(engine.tmp / "eof"), _inv_params(assets["inv"], assets["clip"],
                                                                               steps=500)))

@@ -10,10 +10,16 @@ a folder with:
     bin/_bootstrap.py, pyproject.toml,    what "Set up engine" needs to create the engine's environment
     README.md, LICENSE*
 
-then runs Blender's own extension tool (``blender_ext.py`` from the ``bpy`` wheel, the same code as
+The engine and add-on files are the ones git tracks (``git ls-files``; deleted ones left out) — a
+development build (``--include-untracked``, used by the Blender tests) adds Python sources git does not
+ignore but that are not added yet, listed on stderr; never anything else lying in the tree (``.env``, ``.dr-resume/`` caches,
+``.DS_Store``, outputs, stray blobs, ``__pycache__``). Outside a git checkout an explicit allow-list is used
+instead (``*.py`` under ``engine/`` and the add-on folder), and the build says so.
+
+It then runs Blender's own extension tool (``blender_ext.py`` from the ``bpy`` wheel, the same code as
 ``blender -c extension build``) to build ``dist/diffusion_renderer-<version>.zip`` and ``validate`` it.
 
-    python tools/build_extension.py [--python PY] [--out-dir DIST] [--keep-stage] [--no-setup]
+    python tools/build_extension.py [--python PY] [--out-dir DIST] [--keep-stage] [--no-setup] [--include-untracked]
 
 On a fresh clone (no bpy venv yet) it first creates one with bin/test-blender's set-up (``DR_SETUP_ONLY=1``;
 bpy only, not the engine's environment), unless ``--python`` names one or ``--no-setup`` is given.
@@ -32,8 +38,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ADDON = REPO / "diffusion_renderer_addon"
-IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".pytest_cache", "*.egg-info")
 EXTRA_FILES = ("pyproject.toml", "README.md", "LICENSE", "LICENSE.txt", "NOTICE")
+ALLOW_SUFFIXES = (".py",)      # outside git (and for not-yet-added files): what the two packages consist of
 
 
 class BuildError(Exception):
@@ -91,22 +97,75 @@ def manifest() -> dict:
         raise BuildError(f"{path}: {exc}") from None
 
 
-def stage(dest: Path) -> Path:
-    """Fill ``dest`` with the extension's content; returns it."""
+def _git_list(folder: Path, *args: str) -> list[str] | None:
+    """``git ls-files -z ARGS`` in ``folder`` (paths relative to it), or None when git or a checkout is missing."""
+    try:
+        proc = subprocess.run(["git", "-C", str(folder), "ls-files", "-z", *args], capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    return [name for name in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if name]
+
+
+def _plain_source(rel: str) -> bool:
+    """An allow-listed file: a Python source, no hidden or cache folder on the way."""
+    parts = rel.split("/")
+    return (rel.endswith(ALLOW_SUFFIXES) and not any(p.startswith(".") or p == "__pycache__" for p in parts))
+
+
+def _walk(folder: Path) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            found.append(Path(root, name).relative_to(folder).as_posix())
+    return sorted(found)
+
+
+def package_files(folder: Path, include_untracked: bool = False) -> tuple[list[str], list[str]]:
+    """(files to ship, notes) for one package folder, paths relative to it: git's tracked files that exist
+    (+ untracked, not ignored Python sources when ``include_untracked``), else the allow-list."""
+    tracked = _git_list(folder, "--cached")
+    present = set(_walk(folder))
+    notes = []
+    if tracked:
+        chosen = {rel for rel in tracked if rel in present}
+        extra = [rel for rel in (_git_list(folder, "--others", "--exclude-standard") or ()) if _plain_source(rel)]
+        if extra and include_untracked:
+            chosen.update(extra)
+            notes.append(f"{folder.name}/: shipping {len(extra)} Python source(s) git does not track yet "
+                         f"({', '.join(extra[:5])}{' …' if len(extra) > 5 else ''}); a release build leaves them out")
+    else:
+        chosen = {rel for rel in present if _plain_source(rel)}
+        notes.append(f"{folder.name}/ is not tracked by a git checkout: shipping the allow-list "
+                     f"({', '.join('*' + s for s in ALLOW_SUFFIXES)}, no hidden folders)")
+    left = sorted(rel for rel in present - chosen if not rel.endswith((".pyc", ".pyo")))
+    if left:
+        notes.append(f"{folder.name}/: left out {len(left)} file(s) git does not track "
+                     f"({', '.join(left[:5])}{' …' if len(left) > 5 else ''})")
+    return sorted(chosen), notes
+
+
+def stage(dest: Path, include_untracked: bool = False) -> Path:
+    """Fill ``dest`` with the extension's content (package_files of the add-on and the engine, plus the
+    set-up and metadata files); returns it."""
     if not (ADDON / "__init__.py").is_file():
         raise BuildError(f"{ADDON / '__init__.py'} is missing")
     dest.mkdir(parents=True, exist_ok=True)
-    for item in ADDON.iterdir():
-        if item.name in ("__pycache__",) or item.suffix in (".pyc", ".zip"):
-            continue
-        target = dest / item.name
-        if item.is_dir():
-            shutil.copytree(item, target, ignore=IGNORE)
-        else:
-            shutil.copy2(item, target)
-    if (dest / "engine").exists():
+    addon_files, notes = package_files(ADDON, include_untracked)
+    if "__init__.py" not in addon_files:
+        raise BuildError(f"{ADDON / '__init__.py'} is not among the files to ship (not tracked by git?)")
+    if any(rel.split("/")[0] == "engine" for rel in addon_files):
         raise BuildError("diffusion_renderer_addon/ has an engine/ entry; it would clash with the bundled engine")
-    shutil.copytree(REPO / "engine", dest / "engine", ignore=IGNORE)
+    engine_files, engine_notes = package_files(REPO / "engine", include_untracked)
+    for src, files, prefix in ((ADDON, addon_files, ""), (REPO / "engine", engine_files, "engine/")):
+        for rel in files:
+            target = dest / (prefix + rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / rel, target)
+    for note in notes + engine_notes:
+        print(f"[build-extension] {note}", file=sys.stderr)
     (dest / "bin").mkdir(exist_ok=True)
     shutil.copy2(REPO / "bin" / "_bootstrap.py", dest / "bin" / "_bootstrap.py")
     for name in EXTRA_FILES:
@@ -125,14 +184,15 @@ def run_tool(python: str, tool: str, *args: str) -> str:
     return out
 
 
-def build(out_dir: Path, python: str | None = None, keep_stage: bool = False, setup: bool = True) -> Path:
+def build(out_dir: Path, python: str | None = None, keep_stage: bool = False, setup: bool = True,
+          include_untracked: bool = False) -> Path:
     meta = manifest()
     py, tool = ensure_blender_ext(python, setup)
     zip_path = out_dir / f"{meta['id']}-{meta['version']}.zip"
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="dr-ext-stage-"))
     try:
-        src = stage(tmp / meta["id"])
+        src = stage(tmp / meta["id"], include_untracked)
         if zip_path.exists():
             zip_path.unlink()
         print(f"[build-extension] staged {src}", file=sys.stderr)
@@ -156,9 +216,11 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-stage", action="store_true")
     ap.add_argument("--no-setup", dest="setup", action="store_false",
                     help="fail instead of installing the Blender Python module when none is found")
+    ap.add_argument("--include-untracked", action="store_true",
+                    help="a development build: also ship Python sources git does not track yet (named on stderr)")
     args = ap.parse_args(argv)
     try:
-        zip_path = build(Path(args.out_dir).resolve(), args.python, args.keep_stage, args.setup)
+        zip_path = build(Path(args.out_dir).resolve(), args.python, args.keep_stage, args.setup, args.include_untracked)
     except BuildError as exc:
         print(f"build-extension: error: {exc}", file=sys.stderr)
         return 1

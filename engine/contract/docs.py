@@ -101,6 +101,16 @@ def params_table(group: str) -> str:
     return "\n".join(rows)
 
 
+def preview_params_table() -> str:
+    """The ``params`` of a ``preview`` request: its own two, then the forward ones it takes (their preview
+    defaults)."""
+    rows = ["| param | type | default | meaning |", "|---|---|---|---|"]
+    for p in P.for_kind(P.PREVIEW).values():
+        default = "" if p.required else f"`{json.dumps(p.default_for(P.PREVIEW))}`"
+        rows.append(f"| `{p.name}` | {_protocol_type(p)} | {default} | {p.help} |")
+    return "\n".join(rows)
+
+
 BLOCKS = {
     "cli inverse": lambda: cli_table("inverse"),
     "cli forward": lambda: cli_table("forward", own_only=True),
@@ -110,6 +120,8 @@ BLOCKS = {
     "params inverse": lambda: params_table("inverse"),
     "params forward": lambda: params_table("forward"),
     "params gbuffers": lambda: params_table("gbuffers"),
+    "cli preview": lambda: cli_table("preview"),
+    "params preview": preview_params_table,
 }
 FILES = ("CLI.md", "PROTOCOL.md")
 

@@ -50,6 +50,7 @@ class Param:
     doc_default: str | None = None
     ui_max: float | None = None
     item: str = "value"
+    aliases: tuple = ()          # further command-line spellings (``--size`` for preview_size)
 
     @property
     def flag(self) -> str:
@@ -72,6 +73,10 @@ class Param:
 
 
 _INV, _FWD, _GB, _ALL = ("inverse",), ("forward",), ("gbuffers",), KINDS
+# bounds of the numeric parameters (every int/num parameter has a range; non-finite numbers are never valid)
+MAX_FRAME_NUMBER = 999_999_999   # a frame number (sequence numbers run to 9 digits; Blender's frames to 1048574)
+MAX_FPS = 1000.0
+MAX_WINDOW = 256                 # frames per window / decode call (the model is trained on 24)
 
 PARAMS: tuple = (
     # ------------------------------------------------------------------ inputs and outputs
@@ -90,15 +95,19 @@ PARAMS: tuple = (
     Param("passes", "list[str]", list(DEFAULT_PASSES), "G-buffer passes to compute.", _INV, choices=MODEL_PASSES,
           length=(1, len(MODEL_PASSES)), cli="list", metavar="a,b,…", item="pass"),
     Param("frame_range", "list[int]|null", None, "Frames to use, inclusive, in the set's frame numbers (a sequence's own "
-          "numbers; a video's count from first_frame, 1 by default).", _INV, length=(2, 2), cli="range", metavar="FIRST:LAST", doc_default="whole clip"),
+          "numbers; a video's count from first_frame, 1 by default).", _INV, length=(2, 2), minimum=0,
+          maximum=MAX_FRAME_NUMBER, cli="range", metavar="FIRST:LAST", doc_default="whole clip"),
     Param("fps", "num|null", None, "Resample the clip to this frame rate (by frame selection).", _INV,
-          minimum=0.001, metavar="F", doc_default="source"),
+          minimum=0.001, maximum=MAX_FPS, metavar="F", doc_default="source"),
     Param("source_fps", "num|null", None, "Frame rate of the source: an image sequence's (24 when unknown); "
           "overrides a video's own rate.", _INV,
-          minimum=0.001, metavar="F", doc_default="24 for sequences"),
+          minimum=0.001, maximum=MAX_FPS, metavar="F", doc_default="24 for sequences"),
     Param("first_frame", "int|null", None, "Frame number given to the first frame: a video's (1) or, renumbering it, an "
-          "image sequence's.", _INV, minimum=0,
+          "image sequence's.", _INV, minimum=0, maximum=MAX_FRAME_NUMBER,
           metavar="N", doc_default="1"),
+    Param("allow_missing_frames", "bool", False, "Continue when frames of a video cannot be decoded (a damaged "
+          "file): the set leaves them out, its manifest lists them (missing_frames) and the job warns; without "
+          "it such a video is refused, naming the lost frames.", _INV, cli="flag"),
     Param("colorspace", "str", "auto", "Colour space of the input frames: auto (EXR/float linear, log DPX "
           "Cineon, others sRGB), srgb, linear, or an OpenColorIO name ('ACEScg', 'ARRI LogC4', 'Cineon Log (DPX)'; "
           "list: python -m engine.colour).", _INV, metavar="NAME"),
@@ -111,12 +120,14 @@ PARAMS: tuple = (
           metavar="G[:MAX]"),
     Param("rotate_light", "bool", False, "Turn the light once around over the clip.", _FWD, cli="flag"),
     Param("fixed_frame", "int|null", None, "Use this G-buffer frame (0-based) for every frame (a static scene, "
-          "e.g. with rotate_light).", _FWD, minimum=0, metavar="N", doc_default="–"),
+          "e.g. with rotate_light).", _FWD, minimum=0, maximum=MAX_FRAME_NUMBER, metavar="N", doc_default="–"),
     Param("elevation", "num", 0.0, "Camera elevation in degrees.", _FWD, minimum=-90.0, maximum=90.0, metavar="DEG"),
     Param("elevation_convention", "str", "reference", "Sign of elevation: 'reference' tilts the view up for "
           "positive values, as the original; 'correct' looks down.", _FWD, choices=("reference", "correct")),
-    Param("env_rotation", "num", 180.0, "Horizontal rotation of the HDRI in degrees.", _FWD, metavar="DEG"),
-    Param("env_strength", "num", 1.0, "Multiplier on the HDRI's radiance.", _FWD, minimum=0.0, metavar="S"),
+    Param("env_rotation", "num", 180.0, "Horizontal rotation of the HDRI in degrees.", _FWD, minimum=-3600.0,
+          maximum=3600.0, metavar="DEG"),
+    Param("env_strength", "num", 1.0, "Multiplier on the HDRI's radiance.", _FWD, minimum=0.0, maximum=1e6,
+          metavar="S"),
     Param("env_flip", "bool", False, "Mirror the HDRI left–right.", _FWD, cli="flag"),
     Param("hdri_settings", "list[obj]|null", None, "Per-HDRI light settings, one object per hdri in the same order: "
           "{\"rotation\": degrees as env_rotation, \"strength\": S, \"flip\": bool}; a key left out takes "
@@ -131,13 +142,13 @@ PARAMS: tuple = (
     Param("revision", "str|null", None, "Hub revision (commit) to use instead of the pinned one.",
           metavar="COMMIT", doc_default="pinned"),
     Param("frames", "int", 24, "Frames the model sees at once (one window; lower = less memory).", minimum=1,
-          ui_max=256, metavar="N"),
+          maximum=MAX_WINDOW, metavar="N"),
     Param("overlap", "int", 6, "Frames shared by neighbouring windows (less than frames).", minimum=0,
-          ui_max=255, metavar="N"),
+          maximum=MAX_WINDOW - 1, metavar="N"),
     Param("blend", "str", "latent", "How overlapping windows are joined: fused in latent space at every step, "
           "cross-faded after decoding, or not at all (the reference).", choices=("latent", "crossfade", "none")),
     Param("windows_per_segment", "int", 4, "Windows fused together per resumable segment.", minimum=1,
-          metavar="N"),
+          maximum=1024, metavar="N"),
     Param("steps", "int", 20, "Denoising (Euler) steps.", minimum=1, maximum=1000, metavar="N"),
     Param("resolution", "str|null", None, "Processing size 'WxH', multiples of 64; null or 'auto' scales the "
           "input to cover 512×512 keeping the aspect (1920×1080 → 960×512).", cli="size", metavar="WxH",
@@ -148,9 +159,10 @@ PARAMS: tuple = (
           choices=("pad", "crop", "stretch")),
     Param("seed", "int|null", 0, "Noise seed (-1 or null: a random seed, recorded in the manifest).", minimum=-1,
           maximum=2**63 - 1, metavar="N"),
-    Param("decode_chunk", "int", 8, "Frames per VAE decode call (lower = less memory).", minimum=1, metavar="N"),
+    Param("decode_chunk", "int", 8, "Frames per VAE decode call (lower = less memory).", minimum=1,
+          maximum=MAX_WINDOW, metavar="N"),
     Param("decode_overlap", "int", 2, "Frames cross-faded between VAE decode calls (less than decode_chunk).",
-          minimum=0, metavar="N"),
+          minimum=0, maximum=MAX_WINDOW - 1, metavar="N"),
     Param("device", "str", "auto", "Device: auto (cuda when available), cpu, cuda, cuda:1 …", metavar="DEVICE"),
     Param("dtype", "str", "auto", "Weights and compute precision (auto: fp16 on CUDA, fp32 on CPU).",
           choices=("auto", "fp32", "fp16", "bf16")),
@@ -166,18 +178,48 @@ PARAMS: tuple = (
 
 # Options of the command line that are not job parameters (how the CLI reports), shown in its tables.
 CLI_ONLY: tuple = (
-    Param("json", "bool", False, "Print a machine-readable summary on stdout.", _ALL, cli="flag"),
+    Param("json", "bool", False, "Print a machine-readable summary on stdout.", (*_ALL, "preview"), cli="flag"),
 )
 
 _BY_KIND = {k: {p.name: p for p in PARAMS if k in p.kinds} for k in KINDS}
 assert all(len(_BY_KIND[k]) == sum(k in p.kinds for p in PARAMS) for k in KINDS), "a parameter twice for a kind"
+
+# ------------------------------------------------------------------ the live preview (protocol 1.3 "preview")
+# Not a job kind (no submit): the parameters of a "preview" request's params (engine/jobs/preview_job.py).
+# The forward parameters it shares keep their one definition; only its defaults may differ (PREVIEW_DEFAULTS).
+PREVIEW = "preview"
+PREVIEW_OWN: tuple = (
+    Param("preview_size", "str", "auto", "Preview processing size 'WxH' (multiples of 64); auto: the set's aspect "
+          "with the long side 384, the short side rounded up to a multiple of 64 (1920×1080 → 384×256, padded).",
+          (PREVIEW,), cli="size", metavar="WxH", aliases=("--size",)),
+    Param("preview_frames", "int", 8, "Frames relit around the previewed one (the contract's preview_window: "
+          "centred on it, kept inside the clip); the clip's length for a preview equal to the forward job.",
+          (PREVIEW,), minimum=1, ui_max=256, metavar="N"),
+)
+PREVIEW_SHARED = ("env_rotation", "env_strength", "env_flip", "steps", "seed", "guidance", "lora_scale", "model",
+                  "revision", "elevation", "elevation_convention", "rotate_light", "camera_follow", "fixed_frame",
+                  "env_resolution", "frames", "overlap", "blend", "fit", "decode_chunk", "decode_overlap", "device",
+                  "dtype", "memory", "allow_download")
+PREVIEW_DEFAULTS = {"model": "forward", "steps": 8,   # where a preview's default differs from the forward job's
+                    "decode_chunk": 1, "decode_overlap": 0}   # the one frame decoded alone (the job: chunks of 8)
+
+
+def _for_preview(p: Param) -> Param:
+    from dataclasses import replace
+
+    kind_default = {**(p.kind_default or {}), PREVIEW: PREVIEW_DEFAULTS.get(p.name, p.default_for("forward"))}
+    return replace(p, kinds=(*p.kinds, PREVIEW), kind_default=kind_default)
+
+
+_BY_KIND[PREVIEW] = {**{p.name: p for p in PREVIEW_OWN},
+                     **{n: _for_preview(_BY_KIND["forward"][n]) for n in PREVIEW_SHARED}}
 assert all(p.cli in CLI_FORMS + (None,) for p in PARAMS)
 
 
 def for_kind(kind: str) -> dict:
     """``{name: Param}`` of one job kind, in table order."""
     if kind not in _BY_KIND:
-        raise KeyError(f"unknown job kind {kind!r}; kinds are {', '.join(KINDS)}")
+        raise KeyError(f"unknown job kind {kind!r}; kinds are {', '.join(KINDS)} (and {PREVIEW})")
     return _BY_KIND[kind]
 
 
@@ -204,7 +246,7 @@ def fields(kind: str) -> dict:
     return {n: p.field() for n, p in for_kind(kind).items()}
 
 
-MAX_SIDE = 8192   # the largest processing or environment-map side a job accepts (pixels)
+MAX_SIDE = 4096   # the largest processing or environment-map side a job accepts (pixels; the model works at 512)
 
 
 def parse_size(text: str) -> tuple:
@@ -216,6 +258,7 @@ def parse_size(text: str) -> tuple:
 
 
 HDRI_SETTING_TYPES = {"rotation": "num", "strength": "num", "flip": "bool"}   # the keys of one hdri_settings entry
+_HDRI_SETTING_RANGES = {"rotation": "env_rotation", "strength": "env_strength"}
 
 
 def _hdri_settings_problems(params: dict, label) -> list:
@@ -231,16 +274,21 @@ def _hdri_settings_problems(params: dict, label) -> list:
             if key not in HDRI_SETTING_TYPES:
                 out.append(f"{label('hdri_settings')} entry {i + 1}: unknown key {key!r} (keys: "
                            f"{', '.join(HDRI_SETTING_TYPES)})")
-            elif not is_type(value, HDRI_SETTING_TYPES[key]) or (key == "strength" and value < 0):
-                out.append(f"{label('hdri_settings')} entry {i + 1}: {key} must be "
-                           f"{'a number ≥ 0' if key == 'strength' else HDRI_SETTING_TYPES[key]}, got {value!r}")
+            elif not is_type(value, HDRI_SETTING_TYPES[key]):
+                out.append(f"{label('hdri_settings')} entry {i + 1}: {key} must be {HDRI_SETTING_TYPES[key]}, "
+                           f"got {value!r}")
+            elif key in _HDRI_SETTING_RANGES:      # the range of the job-wide parameter it overrides
+                p = for_kind("forward")[_HDRI_SETTING_RANGES[key]]
+                if not p.minimum <= value <= p.maximum:
+                    out.append(f"{label('hdri_settings')} entry {i + 1}: {key} must be between {p.minimum:g} and "
+                               f"{p.maximum:g}, got {value!r}")
     return out
 
 
 def _size_problems(params: dict, table: dict, label) -> list:
     """'WxH' sizes (resolution, env_resolution): two positive integers, at most MAX_SIDE each."""
     out = []
-    for name in ("resolution", "env_resolution"):
+    for name in ("resolution", "env_resolution", "preview_size"):
         value = params.get(name)
         if name not in table or not isinstance(value, str) or value in ("", "auto"):
             continue

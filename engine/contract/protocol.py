@@ -23,9 +23,11 @@ from .fields import show
 from .fields import table_problems
 from .gbuffer_set import DEFAULT_PASSES as _DEFAULT_PASSES, MODEL_PASSES
 
-PROTOCOL_VERSION = (1, 2)   # 1.1: "estimate", "memory"; 1.2: job kind "gbuffers", stage "convert", params
+PROTOCOL_VERSION = (1, 3)   # 1.1: "estimate", "memory"; 1.2: job kind "gbuffers", stage "convert", params
 #                             source_fps, first_frame, colorspace, output_size, fit; additive within 1.2:
-#                             progress stage "write" and the fields light/lights (older clients ignore them)
+#                             progress stage "write" and the fields light/lights (older clients ignore them);
+#                             1.3: the "preview" request (live relight preview), progress stage "encode",
+#                             result kind "preview" with "outputs"
 VERSION = f"{PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}"
 MAX_LINE_BYTES = 1 << 20          # one message, UTF-8, without the newline
 TO_ENGINE, TO_CLIENT = "to_engine", "to_client"
@@ -40,20 +42,24 @@ ERROR_CODES = {
     "weights_unavailable": "the model weights are neither cached nor downloadable",
     "out_of_memory": "the device ran out of memory",
     "cancelled": "the job was cancelled (cancel message, SIGINT, shutdown, stdin closed or parent died)",
+    "busy": "too many estimate/download requests are waiting; nothing was done, send the request again later",
     "internal": "an unexpected engine failure; the engine log has the traceback",
 }
 
 PASSES = MODEL_PASSES
 DEFAULT_PASSES = list(_DEFAULT_PASSES)
 JOB_KINDS = param_table.KINDS
-ESTIMATE_KINDS = ("inverse", "forward")      # the kinds that run a model (gbuffers only converts files)
+ESTIMATE_KINDS = ("inverse", "forward", "preview")   # the kinds that run a model (gbuffers only converts files);
+#                                                    "preview": one live-preview update after a rotation (1.3)
 PROGRESS_STAGES = ("load_model", "denoise", "convert", "write",   # "write": decoding/writing the files
-                   "download")                                     # "download": step/total in MiB
+                   "download",                                     # "download": step/total in MiB
+                   "encode")                                       # "encode": a preview's G-buffers / light
 MEMORY_MODES = param_table.MEMORY_MODES
 # additive within 1.2: the "download" request (the published models, engine/model_registry.py PUBLISHED_MODELS;
 # a test keeps them equal); a download ends with a "result" of kind "download" or an "error"
 DOWNLOAD_MODELS = ("inverse", "forward", "forward-objaverse")
-RESULT_KINDS = (*JOB_KINDS, "download")
+PREVIEW = param_table.PREVIEW
+RESULT_KINDS = (*JOB_KINDS, "download", PREVIEW)
 
 
 class ProtocolError(ValueError):
@@ -92,6 +98,15 @@ MESSAGES: dict = {
                                                           "or error carry it"),
                      "model": Field("str", True, choices=DOWNLOAD_MODELS),
                      "revision": Field("str|null", doc="branch, tag or commit instead of the pinned/recorded one")},
+        "preview": {"id": _ID, "job": Field("str", True, doc="preview id chosen by the client; a newer preview "
+                                                         "supersedes a running or queued one (error 'cancelled')"),
+                    "set": Field("str", True, doc="absolute path of a G-buffer set or a Blender render folder "
+                                                  "(render.json)"),
+                    "hdri": Field("str", True, doc="absolute path of the environment map (.hdr/.exr)"),
+                    "frame": Field("int", True, doc="the frame NUMBER of the set to relight"),
+                    "out": Field("str", True, doc="absolute path of the .exr to write (linear); a .png (sRGB) "
+                                                  "with the same stem is written beside it"),
+                    "params": Field("obj", doc="PREVIEW_PARAMS (params.py kind 'preview'); left out: defaults")},
     },
     TO_CLIENT: {
         "hello": {"reply_to": _REPLY, "protocol": Field("str", True), "engine": Field("str", True),
@@ -115,7 +130,8 @@ MESSAGES: dict = {
                      "lights": Field("int|null", minimum=1, doc="forward jobs: how many HDRIs the job renders")},
         "result": {"reply_to": _REPLY, "job": _JOB, "kind": Field("str", True, choices=RESULT_KINDS),
                    "manifests": Field("list[str]", True), "out": Field("str", True),
-                   "summary": Field("obj", True), "seconds": Field("obj")},
+                   "summary": Field("obj", True), "seconds": Field("obj"),
+                   "outputs": Field("list[str]", doc="a preview's files: [exr, png]")},
         "error": {"reply_to": _REPLY, "code": Field("str", True, choices=tuple(ERROR_CODES)),
                   "message": Field("str", True), "hint": Field("str|null"), "job": Field("str|null"),
                   "problems": Field("list[str]"), "step": Field("int|null"), "log_file": Field("str|null")},
@@ -131,7 +147,9 @@ MESSAGES: dict = {
 INVERSE_PARAMS = param_table.fields("inverse")
 FORWARD_PARAMS = param_table.fields("forward")
 GBUFFERS_PARAMS = param_table.fields("gbuffers")
-PARAMS = {"inverse": INVERSE_PARAMS, "forward": FORWARD_PARAMS, "gbuffers": GBUFFERS_PARAMS}
+PREVIEW_PARAMS = param_table.fields(PREVIEW)
+PARAMS = {"inverse": INVERSE_PARAMS, "forward": FORWARD_PARAMS, "gbuffers": GBUFFERS_PARAMS, PREVIEW: PREVIEW_PARAMS}
+PREVIEW_FILE_TYPES = {"set": None, "hdri": (".hdr", ".exr"), "out": (".exr",)}   # absolute paths; suffixes
 ESTIMATE_SIZE = {k: Field("int", k in ("width", "height", "frames"), minimum=1)
                  for k in ("width", "height", "frames", "passes", "lights")}
 
@@ -153,6 +171,22 @@ def _version_problem(msg: dict) -> tuple | None:
 def _params_problems(kind: str, params: dict, inputs: bool = True) -> list:
     """Problems of a job's params; ``inputs=False`` (estimates): the input fields may be left out."""
     return param_table.problems(kind, params, inputs=inputs)
+
+
+def _preview_problems(msg: dict) -> list:
+    """A preview request's paths (absolute, right suffix), frame and params."""
+    import os
+
+    out = []
+    for name, suffixes in PREVIEW_FILE_TYPES.items():
+        value = msg[name]
+        if not os.path.isabs(value):
+            out.append(f"field '{name}': must be an absolute path, got {value!r}")
+        elif suffixes and not value.lower().endswith(suffixes):
+            out.append(f"field '{name}': {value!r} must end in {' or '.join(suffixes)}")
+    if msg["frame"] < 0:
+        out.append(f"field 'frame': a frame number is 0 or more, got {msg['frame']}")
+    return out + _params_problems(PREVIEW, msg.get("params", {}))
 
 
 def _classify(msg, direction: str) -> tuple:
@@ -181,6 +215,8 @@ def _classify(msg, direction: str) -> tuple:
         problems.append("field 'job': must be 1 to 128 characters")
     if mtype == "submit" and direction == TO_ENGINE and not problems:
         problems += _params_problems(msg["kind"], msg["params"])
+    if mtype == PREVIEW and direction == TO_ENGINE and not problems:
+        problems += _preview_problems(msg)
     if mtype == "estimate" and direction == TO_ENGINE and not problems:
         problems += table_problems(msg["size"], ESTIMATE_SIZE, "size.", "in an estimate")
         problems += _params_problems(msg["kind"], msg.get("params", {}), inputs=False)
@@ -307,6 +343,13 @@ def download(job: str, model: str, revision: str | None = None, id=None) -> dict
     return _msg("download", id=id, job=job, model=model, revision=revision)
 
 
+def preview(job: str, set: str, hdri: str, frame: int, out: str, params: dict | None = None, id=None) -> dict:
+    """Relight ``frame`` (a frame number) of the set/render folder ``set`` under ``hdri`` into ``out`` (.exr, and
+    a .png beside it): ack, progress, then one result (kind "preview") or error; a newer preview supersedes it."""
+    return _msg(PREVIEW, id=id, job=job, set=str(set), hdri=str(hdri), frame=frame, out=str(out),
+                params=dict(params or {}))
+
+
 def hello_reply(info: dict, reply_to=None) -> dict:
     return {**_msg("hello", reply_to=reply_to), **info}
 
@@ -323,9 +366,10 @@ def progress(job: str, stage: str, step: int, total: int, chunk=None, eta_s=None
     return m
 
 
-def result(job: str, kind: str, manifests: list, out: str, summary: dict, seconds=None, reply_to=None) -> dict:
+def result(job: str, kind: str, manifests: list, out: str, summary: dict, seconds=None, reply_to=None,
+           outputs=None) -> dict:
     return _msg("result", reply_to=reply_to, job=job, kind=kind, manifests=[str(m) for m in manifests], out=str(out),
-                summary=summary, seconds=seconds)
+                summary=summary, seconds=seconds, outputs=None if outputs is None else [str(o) for o in outputs])
 
 
 def error(code: str, message: str, hint: str | None = None, *, job=None, reply_to=None, problems=None,

@@ -9,11 +9,14 @@
 * :func:`write_hdr` writes ``-Y H +X W`` RLE scanlines (flat when W < 8 or W > 32767) atomically.
 * :func:`read_exr` loads the R, G, B channels (any layer prefix, half or float; Y is replicated).
 * :func:`load_envmap` dispatches on the suffix and raises :class:`EnvmapLoadError` (a ValueError)
-  naming the file for anything unreadable.
+  naming the file for anything unreadable. NaN/Inf texels (an EXR can hold them) are replaced — NaN and
+  -Inf by 0, +Inf by the map's largest finite value — and said so in a warning (appended to
+  ``warnings=`` and logged).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from engine.atomic import atomic_write_bytes
 
 __all__ = ["EnvmapLoadError", "float_to_rgbe", "load_envmap", "read_exr", "read_hdr", "rgbe_to_float", "write_hdr"]
 
+log = logging.getLogger(__name__)
 _MAX_RGBE = 255.0 * 2.0**119  # largest encodable value (mantissa 255, exponent byte 255)
 _RES_RE = re.compile(rb"^([+-])([XY])\s+(\d+)\s+([+-])([XY])\s+(\d+)\s*$")
 
@@ -292,8 +296,22 @@ def read_exr(path) -> np.ndarray:
     return np.ascontiguousarray(rgb.astype(np.float32))
 
 
-def load_envmap(path) -> np.ndarray:
-    """Load an HDR environment map (.hdr/.pic/.rgbe Radiance or .exr) -> float32 (H, W, 3)."""
+def replace_nonfinite(img: np.ndarray, name) -> tuple[np.ndarray, str | None]:
+    """NaN and -Inf → 0, +Inf → the largest finite value (0 if none); the warning saying so, or None."""
+    bad = ~np.isfinite(img)
+    if not bad.any():
+        return img, None
+    finite = img[~bad]
+    top = float(finite.max()) if finite.size else 0.0
+    out = np.where(np.isposinf(img), max(top, 0.0), np.where(bad, 0.0, img)).astype(np.float32)
+    texels = int(bad.any(axis=-1).sum()) if img.ndim == 3 else int(bad.sum())
+    return out, (f"{name}: {texels} NaN/Inf texel{'s' if texels != 1 else ''} in the environment map replaced "
+                 f"(NaN/-Inf by 0, +Inf by the map's brightest finite value {top:g}); fix the HDRI to light as intended")
+
+
+def load_envmap(path, *, warnings: list | None = None) -> np.ndarray:
+    """Load an HDR environment map (.hdr/.pic/.rgbe Radiance or .exr) -> float32 (H, W, 3); NaN/Inf texels
+    are replaced with a warning (appended to ``warnings`` when given, and logged)."""
     path = Path(path)
     suf = path.suffix.lower()
     if suf in (".hdr", ".pic", ".rgbe"):
@@ -304,4 +322,9 @@ def load_envmap(path) -> np.ndarray:
         raise EnvmapLoadError(f"{path}: unsupported environment-map type {suf or '(no suffix)'!r}; use .hdr or .exr")
     if img.ndim != 3 or img.shape[-1] != 3 or img.shape[0] < 1 or img.shape[1] < 1:
         raise EnvmapLoadError(f"{path}: decoded image has unexpected shape {img.shape}")
+    img, warning = replace_nonfinite(img, path.name)
+    if warning:
+        log.warning("%s", warning)
+        if warnings is not None:
+            warnings.append(warning)
     return img

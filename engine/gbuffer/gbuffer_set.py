@@ -1,8 +1,9 @@
 """Writing and reading a G-buffer set: a folder of per-pass linear EXR sequences + manifest.json.
 
 Writing: `GBufferSetWriter(folder, manifest_base)`, `write_frame(pass, frame, array)` per file
-(atomic: temporary name + rename, through engine.io.exr), then `finish()`, which writes manifest.json
-atomically and LAST — a folder without a manifest is an incomplete set.
+(atomic: temporary name + rename, through engine.io.exr), then `finish()`, which removes the files of an
+earlier set in the folder that the new manifest does not list and writes manifest.json atomically and
+LAST — a folder without a manifest is an incomplete set. Which files are the engine's: `set_files`.
 Reading: `open_gbuffer_set(folder)` → `GBufferSet` (`read`, `read_all`, `warnings`).
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .encodings import DEPTH_RANGE_RULE, DepthRangeAccumulator, depth_background_mask
+from .set_files import Journal, engine_manifest, known_files, read_manifest_json, remove_stale
 from engine.contract.gbuffer_set import (FORMAT, MANIFEST_NAME, PASS_ORDER, PASS_SPECS, VERSION, GBufferSetError, Manifest,
                        ManifestError, default_pass_entry, frame_path, same_clip)
 
@@ -36,8 +38,11 @@ class GBufferSetWriter:
     recorded range — `depth.near/far` (per clip, see encodings.DepthRangeAccumulator).
 
     Refuses (SetConflictError) when the folder holds the manifest of a different clip, unless
-    `overwrite=True`; never deletes files it did not write, except that old manifest.json, which is
-    removed before the first file is written so a half-rewritten folder never looks complete.
+    `overwrite=True`, and always when it holds a manifest.json that is not a set's (never deleted).
+    Never deletes or overwrites a file the engine did not write: a file in the way that no earlier manifest
+    or writer journal accounts for is refused (SetConflictError). The old manifest is removed before the
+    first file is written, so a half-rewritten folder never looks complete; `finish()` removes the earlier
+    set's files the new manifest does not list (`set_files`), so only the new set's files remain.
     Usable as a context manager: `finish()` on success, no manifest on an exception."""
 
     def __init__(self, folder, manifest_base: dict, *, overwrite: bool = False, dtypes: dict | None = None,
@@ -60,6 +65,12 @@ class GBufferSetWriter:
             raise GBufferSetError(f"{self.folder}: the manifest base needs 'provenance' with a 'producer' "
                                   "(see make_provenance)")
         existing = self.folder / MANIFEST_NAME
+        if existing.exists() and not engine_manifest(read_manifest_json(self.folder)):
+            raise SetConflictError(f"{existing}: a file the engine did not write (not a G-buffer set manifest) "
+                                   "is in the way; it is never deleted: move it away or choose another output "
+                                   "folder")
+        self._known: set[str] = set()
+        self._journal: Journal | None = None
         if existing.is_file() and not overwrite:
             try:
                 old = Manifest.load(existing).data
@@ -90,6 +101,8 @@ class GBufferSetWriter:
             raise GBufferSetError(f"{self.folder}: this set is finished; open a new writer")
         if not self._started:
             self.folder.mkdir(parents=True, exist_ok=True)
+            self._known = known_files(self.folder)
+            self._journal = Journal(self.folder, self._known)   # recorded before the old manifest goes
             old = self.folder / MANIFEST_NAME
             if old.is_file():
                 os.unlink(old)
@@ -124,7 +137,14 @@ class GBufferSetWriter:
             arr = np.where(bad, np.float32(fill), arr)
             self.warnings.append(f"{name} frame {frame_number}: {int(bad.sum())} NaN/Inf value(s) written as {fill:g}")
         self._begin()
-        path = self.path(name, frame_number)
+        rel = frame_path(entry["path"], frame_number)
+        path = self.folder / rel
+        if (path.exists() or path.is_symlink()) and rel not in self._known and \
+                frame_number not in self._frames.get(name, ()):
+            raise SetConflictError(f"{path}: a file the engine did not write is in the way (no manifest of "
+                                   f"{self.folder} lists it); it is never overwritten: move it away or choose "
+                                   "another output folder")
+        self._journal.add(rel)
         write_exr(path, {c: arr[..., i] for i, c in enumerate(channels)}, dtype=entry.get("dtype", "half"))
         self._frames.setdefault(name, set()).add(frame_number)
         return path
@@ -168,7 +188,10 @@ class GBufferSetWriter:
             if rng is not None:
                 depth.update(near=rng[0], far=rng[1], range_rule=DEPTH_RANGE_RULE)
         manifest = Manifest(data, source=self.folder / MANIFEST_NAME)
+        keep = {frame_path(e["path"], f) for e in data["passes"].values() for f in data["frame_numbers"]}
+        remove_stale(self.folder, self._journal.files, keep)
         manifest.save(self.folder / MANIFEST_NAME)
+        self._journal.close(remove=True)
         self._finished = True
         return GBufferSet(self.folder, manifest)
 

@@ -58,7 +58,9 @@ class Clip:
     → (b−a, H, W, 3) for ``a <= i < b``; iterating yields frames one by one; ``chunks(n)`` yields
     ``(start, array)`` blocks. ``is_linear`` is True for EXR input (values not clipped).
     ``nonfinite_count`` totals the NaN/Inf values replaced in the frames read so far (each also
-    warns). Use as a context manager (or call ``close()``) to release a video decoder."""
+    warns). ``missing_frames``: frame numbers the source lists but that could not be read (a damaged
+    video opened with ``allow_missing_frames``; left out of ``frame_numbers``), with ``warnings`` saying
+    so. Use as a context manager (or call ``close()``) to release a video decoder."""
 
     frame_numbers: list[int]
     fps: float
@@ -71,6 +73,8 @@ class Clip:
     def __init__(self):
         self.nonfinite_count = 0
         self.nonfinite_frames: dict[int, int] = {}
+        self.missing_frames: list[int] = []
+        self.warnings: list[str] = []
 
     def __len__(self) -> int:
         return len(self.frame_numbers)

@@ -84,17 +84,27 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def file_identity(path: Path) -> list:
-    """Cheap identity of an input file or folder (names, sizes, mtimes) for the settings key."""
+def file_identity(path: Path, exclude=()) -> list:
+    """Cheap identity of an input file or folder (names, sizes, mtimes) for the settings key.
+
+    Hidden entries (any path part starting with ``.``: the resume cache, the output lock, temporaries) and
+    everything under ``exclude`` (the job's own output folders, when placed inside the input) are left out,
+    so writing a job's outputs never changes its input's identity."""
     path = Path(path)
     if path.is_file():
         st = path.stat()
         return [path.name, st.st_size, int(st.st_mtime)]
+    skip = [Path(os.path.abspath(e)) for e in exclude]
     items = []
     for p in sorted(path.rglob("*")):
-        if p.is_file() and not p.name.startswith("."):
-            st = p.stat()
-            items.append([str(p.relative_to(path)), st.st_size, int(st.st_mtime)])
+        rel = p.relative_to(path)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            continue
+        absolute = Path(os.path.abspath(p))
+        if any(absolute == e or e in absolute.parents for e in skip):
+            continue
+        st = p.stat()
+        items.append([str(rel), st.st_size, int(st.st_mtime)])
     return items
 
 
@@ -106,38 +116,87 @@ def settings_key(settings: dict) -> str:
 class ResumeCache:
     """Finished segments of one job, keyed by its settings: ``<out>/.dr-resume/<key>/seg_0003.safetensors``.
 
-    A changed setting gives another key, so stale results are never reused; other keys' folders are
-    removed when a job starts (they cannot be resumed any more)."""
+    Public API (the inverse/forward jobs and the cluster runtime use it):
+
+    * ``ResumeCache(out_dir, key)`` — ``key`` is the job's settings key (``settings_key``); other keys' folders
+      under ``<out>/.dr-resume`` are removed (they cannot be resumed any more; the output lock keeps another
+      run from using the folder meanwhile).
+    * ``put(name, {tensor name: array})`` — stores each array exactly as the run computes it: float arrays
+      as float32 (what ``run_segments`` consumes; float64 is narrowed as ``run_segments`` would), others
+      unchanged. Written atomically, with ``key``, ``name``, the tensor names and a CRC-32 per tensor in the
+      safetensors metadata.
+    * ``get(name)`` → ``{tensor name: torch.Tensor}`` or None; an entry written for another key or name, with
+      other tensor names, a checksum that does not match or that cannot be read is deleted and reported as
+      missing (the caller recomputes it). A resumed run is therefore bit-identical to an uninterrupted one.
+    * ``clear()`` — removes this key's folder (and ``.dr-resume`` when empty) after the job succeeded.
+    """
+
+    FORMAT = "diffusion-renderer/resume-segment/2"
 
     def __init__(self, out_dir: Path, key: str):
+        self.key = str(key)
         self.root = Path(out_dir) / CACHE_DIR
-        self.dir = self.root / key
+        self.dir = self.root / self.key
         if self.root.is_dir():
             for other in self.root.iterdir():
-                if other.is_dir() and other.name != key:
+                if other.is_dir() and other.name != self.key:
                     shutil.rmtree(other, ignore_errors=True)
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def _path(self, name: str) -> Path:
         return self.dir / f"{name}.safetensors"
 
+    @staticmethod
+    def _checksum(t: torch.Tensor) -> str:
+        import zlib
+
+        return f"{zlib.crc32(t.contiguous().view(torch.uint8).numpy().tobytes()):08x}" if t.numel() else "0"
+
     def get(self, name: str) -> Optional[dict]:
-        from safetensors.torch import load_file
+        from safetensors import safe_open
 
         p = self._path(name)
         if not p.is_file():
             return None
         try:
-            return {k: v.float() for k, v in load_file(str(p)).items()}
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed
+            with safe_open(str(p), "pt") as fh:
+                meta = fh.metadata() or {}
+                names = json.loads(meta.get("tensors", "null"))
+                if (meta.get("format") != self.FORMAT or meta.get("key") != self.key or meta.get("name") != name
+                        or names is None or sorted(names) != sorted(fh.keys())):
+                    raise ValueError("entry of another job, segment or format")
+                sums = json.loads(meta["checksums"])
+                data = {k: fh.get_tensor(k) for k in names}
+            if any(self._checksum(v.view(-1)) != sums.get(k) for k, v in data.items()):
+                raise ValueError("checksum mismatch")
+            return data
+        except Exception:  # noqa: BLE001 - a damaged or foreign cache entry is recomputed
             p.unlink(missing_ok=True)
             return None
 
     def put(self, name: str, tensors: dict) -> None:
         from safetensors.torch import save_file
 
-        data = {k: torch.as_tensor(v).to(torch.float16).contiguous() for k, v in tensors.items()}
-        atomic_write(self._path(name), lambda tmp: save_file(data, tmp))
+        data = {}
+        for k, v in tensors.items():
+            t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+            data[k] = (t.to(torch.float32) if t.is_floating_point() else t).contiguous()
+        meta = {"format": self.FORMAT, "key": self.key, "name": str(name), "tensors": json.dumps(list(data)),
+                "checksums": json.dumps({k: self._checksum(v.view(-1)) for k, v in data.items()})}
+        path = self._path(name)
+        needed = sum(v.numel() * v.element_size() for v in data.values())
+
+        def write(tmp):
+            try:
+                save_file(data, tmp, metadata=meta)
+            except OSError:
+                raise
+            except Exception as exc:       # safetensors reports a full disk as its own error type: check the disk
+                from engine.jobs.disk_space import raise_if_disk_full
+
+                raise_if_disk_full(path, needed, exc)
+                raise
+        atomic_write(path, write)
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

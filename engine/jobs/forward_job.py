@@ -22,6 +22,8 @@ from engine.jobs.inverse_job import (
     denoise_calls,
 )
 from engine.jobs.segments import noise_for, plan_segments, run_segments
+from engine.jobs.disk_space import cache_bytes, check_disk_space, disk_full_reported, pass_sizes, set_bytes
+from engine.jobs.out_lock import OutLock, locked_outputs
 
 
 @dataclass
@@ -46,12 +48,12 @@ class ForwardSettings(JobSettings):
 _INPUT_KINDS = {"normal": "normal-encoded", "depth": "nearest"}
 
 
-def _light_for(clip, hdri: Path, settings: ForwardSettings, n: int):
+def _light_for(clip, hdri: Path, settings: ForwardSettings, n: int, warnings: list | None = None):
     from engine.envmap import env_rotation_from_blender, load_envmap
     from engine.pipelines import EnvLight
 
     try:
-        hdr = load_envmap(hdri)
+        hdr = load_envmap(hdri, warnings=warnings)      # NaN/Inf texels replaced, with a warning
     except (FileNotFoundError, ValueError) as exc:
         raise JobError(f"--hdri {hdri}: {exc}") from None
     cams = None
@@ -69,8 +71,17 @@ def _light_for(clip, hdri: Path, settings: ForwardSettings, n: int):
 
 def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, renderer, *, listener=None,
                      should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True,
-                     light_of: tuple = (1, 1)) -> ClipResult:
-    """Relight one clip under one HDRI; ``light_of`` = (index, count) of this HDRI among the job's (progress)."""
+                     light_of: tuple = (1, 1), exclude=()) -> ClipResult:
+    """Relight one clip under one HDRI into the set ``out`` (locked while it runs); ``light_of`` = (index, count)
+    of this HDRI among the job's (progress); ``exclude``: further output folders left out of the input's
+    identity (``out`` itself always is)."""
+    with OutLock(out):
+        return _run_forward_clip(clip, hdri, out, settings, renderer, listener=listener, should_cancel=should_cancel,
+                                 show_progress=show_progress, light_of=light_of, exclude=exclude)
+
+
+def _run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, renderer, *, listener,
+                      should_cancel, show_progress, light_of, exclude) -> ClipResult:
     from engine.gbuffer import GBufferSetWriter, srgb_to_linear, write_pass_video, write_previews
     from engine.gbuffer import make_provenance
 
@@ -81,7 +92,7 @@ def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, ren
     size = settings.resolution or (clip.size if all(v % 64 == 0 for v in clip.size) else cover_resolution(*clip.size))
     framing = plan_framing(clip.size, size, settings.fit, settings.output_size)
     seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
-    key = settings_key({"input": clip.source, "files": file_identity(Path(clip.source)), "clip": clip.name,
+    key = settings_key({"input": clip.source, "files": file_identity(Path(clip.source), exclude=(out, *exclude)), "clip": clip.name,
                         "hdri": [str(hdri.resolve()), file_identity(hdri)], "job": "forward",
                         "model": _model_identity(renderer), "seed": seed, "resolution": list(size),
                         **{k: v for k, v in asdict(settings).items() if k not in ("overwrite", "device", "previews")}})
@@ -91,11 +102,16 @@ def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, ren
         result.status = "up-to-date"
         return result
     check_writable(out)
-    light = _light_for(clip, hdri, settings, n)
+    light_warnings: list = []
+    light = _light_for(clip, hdri, settings, n, light_warnings)
     env_ldr, env_log = light.maps(n, settings.env_resolution)
     cache = ResumeCache(out, key)
     segments = plan_segments(n, settings.frames, settings.overlap, settings.windows_per_segment)
     result.segments = len(segments)
+    ow, oh = framing.output
+    need = (set_bytes(ow, oh, n, pass_sizes(["relit"]), previews=settings.previews)
+            + cache_bytes(ow, oh, segments, 3))
+    check_disk_space(out, need, f"{n} relit frames at {ow}x{oh}")
     w, h = size
     noise = noise_for((1, n, 4, h // renderer.vae_factor, w // renderer.vae_factor), seed)
     progress = Progress(denoise_calls(segments, settings), f"forward {clip.name} × {hdri.stem}", listener,
@@ -131,17 +147,18 @@ def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, ren
         writer = GBufferSetWriter(out, base, overwrite=settings.overwrite)
     except ValueError as exc:
         raise JobError(str(exc)) from None
-    for idx, frame in run_segments(segments, compute, cache):
-        writer.write_frame("relit", clip.frame_numbers[idx], srgb_to_linear(frame["relit"]))
-    progress.stage("write")
-    progress.close()
-    gset = writer.finish()
-    if settings.previews:
-        write_previews(gset)
-        write_pass_video(gset, "relit")
+    with disk_full_reported(out, need):    # a full disk: one line with the path and the need
+        for idx, frame in run_segments(segments, compute, cache):
+            writer.write_frame("relit", clip.frame_numbers[idx], srgb_to_linear(frame["relit"]))
+        progress.stage("write")
+        progress.close()
+        gset = writer.finish()
+        if settings.previews:
+            write_previews(gset)
+            write_pass_video(gset, "relit")
     cache.clear()
     result.resumed_segments = len(segments) - len(computed)
-    result.warnings = list(clip.warnings) + framing.warnings() + list(writer.warnings)
+    result.warnings = list(clip.warnings) + light_warnings + framing.warnings() + list(writer.warnings)
     result.seconds = {"total": round(time.monotonic() - t0, 2)}
     return result
 
@@ -182,15 +199,16 @@ def run_forward(gbuffers, hdris, out, settings: ForwardSettings, *, renderer=Non
         raise JobError(str(exc)) from None
     out = Path(out)
     check_writable(out)
-    t_load = 0.0
-    if renderer is None:
-        renderer, t_load = load_renderer("forward", settings)
     lights = light_settings(settings, len(hdris))
-    results = []
-    for clip in clips:
-        for i, hdri in enumerate(hdris, 1):
-            target = (out / clip.name if len(clips) > 1 else out) / hdri.stem
+    jobs = [(clip, i, hdri, (out / clip.name if len(clips) > 1 else out) / hdri.stem)
+            for clip in clips for i, hdri in enumerate(hdris, 1)]
+    with locked_outputs([target for *_, target in jobs]):   # another run into these sets fails here, at once
+        t_load = 0.0
+        if renderer is None:
+            renderer, t_load = load_renderer("forward", settings)
+        results = []
+        for clip, i, hdri, target in jobs:
             results.append(run_forward_clip(clip, hdri, target, lights[i - 1], renderer, listener=listener,
                                             should_cancel=should_cancel, show_progress=show_progress,
-                                            light_of=(i, len(hdris))))
+                                            light_of=(i, len(hdris)), exclude=(out,)))
     return job_summary("forward", gbuffers, out, t0, t_load, results)

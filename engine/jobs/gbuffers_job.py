@@ -14,6 +14,8 @@ from typing import Callable, Optional
 
 from engine.contract import render_json
 from engine.jobs.common import JobError, Progress, check_writable, file_identity, job_summary, settings_key
+from engine.jobs.disk_space import check_disk_space, disk_full_reported
+from engine.jobs.out_lock import OutLock, locked_outputs
 
 
 @dataclass
@@ -52,10 +54,10 @@ def find_render_folders(path: Path) -> list[Path]:
                    "export with the add-on's Neural Render)")
 
 
-def _key(folder: Path, settings: GBuffersSettings) -> str:
+def _key(folder: Path, settings: GBuffersSettings, exclude=()) -> str:
     from engine import __version__
 
-    return settings_key({"job": "gbuffers", "input": str(folder.resolve()), "files": file_identity(folder),
+    return settings_key({"job": "gbuffers", "input": str(folder.resolve()), "files": file_identity(folder, exclude),
                          "previews": settings.previews, "engine": __version__})
 
 
@@ -80,13 +82,30 @@ def _record_key(out: Path, key: str) -> None:
     gset.manifest.save(gset.folder / "manifest.json")
 
 
+def output_bytes(folder: Path, previews: bool) -> int:
+    """Predicted disk use of a converted set: at most its render folder's EXRs (32-bit there, mostly half in the
+    set), and with previews an 8-bit PNG per EXR pass frame (bounded by the same)."""
+    exrs = sum(p.stat().st_size for p in folder.glob("*.exr") if p.is_file())
+    return exrs * (2 if previews else 1)
+
+
 def convert_clip(folder: Path, out: Path, settings: GBuffersSettings, *, listener=None,
-                 should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = False) -> GBuffersClipResult:
+                 should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = False,
+                 exclude=()) -> GBuffersClipResult:
+    """Convert one render folder into the set ``out`` (locked while it runs); ``exclude``: further output folders
+    left out of the render folder's identity (``out`` itself always is)."""
+    with OutLock(out):
+        return _convert_clip(folder, out, settings, listener=listener, should_cancel=should_cancel,
+                             show_progress=show_progress, exclude=exclude)
+
+
+def _convert_clip(folder: Path, out: Path, settings: GBuffersSettings, *, listener, should_cancel, show_progress,
+                  exclude) -> GBuffersClipResult:
     from engine.gbuffer import GBufferSetError
     from engine.gbuffer.blender_render import convert
 
     t0 = time.monotonic()
-    key = _key(folder, settings)
+    key = _key(folder, settings, (out, *exclude))
     if _up_to_date(out, key, settings.previews):
         from engine.gbuffer import open_gbuffer_set
 
@@ -94,6 +113,8 @@ def convert_clip(folder: Path, out: Path, settings: GBuffersSettings, *, listene
         return GBuffersClipResult(str(folder), str(out), len(gset.frame_numbers), tuple(gset.resolution),
                                   list(gset.passes), "up-to-date", {"total": round(time.monotonic() - t0, 2)})
     check_writable(out)
+    need = output_bytes(folder, settings.previews)
+    check_disk_space(out, need, f"the set converted from {folder}")
     bar: list[Progress] = []
 
     def progress(done: int, total: int) -> None:
@@ -107,7 +128,9 @@ def convert_clip(folder: Path, out: Path, settings: GBuffersSettings, *, listene
             bar[0].step("convert", 0)
 
     try:
-        report = convert(folder, out, overwrite=settings.overwrite, previews=settings.previews, progress=progress)
+        with disk_full_reported(out, need):
+            report = convert(folder, out, overwrite=settings.overwrite, previews=settings.previews,
+                             progress=progress)
     except GBufferSetError as exc:
         raise JobError(str(exc)) from None
     finally:
@@ -128,8 +151,10 @@ def run_gbuffers(render_dir, out, settings: GBuffersSettings, *, renderer=None, 
     render_dir, out = Path(render_dir), Path(out)
     folders = find_render_folders(render_dir)
     batch = folders != [render_dir]
-    results = [convert_clip(f, out / f.name if batch else out, settings, listener=listener,
-                            should_cancel=should_cancel, show_progress=show_progress) for f in folders]
+    targets = [out / f.name if batch else out for f in folders]
+    with locked_outputs(targets):          # another run into these sets fails here, before any work
+        results = [convert_clip(f, t, settings, listener=listener, should_cancel=should_cancel,
+                                show_progress=show_progress, exclude=(out,)) for f, t in zip(folders, targets)]
     summary = job_summary("gbuffers", render_dir, out, t0, 0.0, results)
     summary["settings"] = asdict(settings)
     return summary

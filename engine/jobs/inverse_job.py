@@ -5,6 +5,7 @@ import logging
 import secrets
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -15,6 +16,8 @@ from engine.jobs.common import (JobError, JobSettings, Progress, ResumeCache, ch
                                file_identity, job_summary, load_renderer, settings_key)
 from engine.jobs.framing import check_settings, from_processing, plan_framing, processing_size, source_to_output, to_processing
 from engine.jobs.segments import noise_for, plan_segments, run_segments
+from engine.jobs.disk_space import cache_bytes, check_disk_space, disk_full_reported, pass_sizes, set_bytes
+from engine.jobs.out_lock import OutLock, locked_outputs
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +31,7 @@ class InverseSettings(JobSettings):
     source_fps: Optional[float] = param_default("source_fps")     # an image sequence's rate (a video's own when overridden)
     first_frame: Optional[int] = param_default("first_frame")     # number of a video's first frame (None: 1)
     colorspace: str = param_default("colorspace")                 # auto | srgb | linear | an OCIO name (engine/colour.py)
+    allow_missing_frames: bool = param_default("allow_missing_frames")   # a video's undecodable frames: skip, not refuse
 
 
 @dataclass
@@ -125,19 +129,41 @@ def _identity_path(clip_path) -> Path:
 
 
 def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *, listener=None,
-             should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True) -> ClipResult:
+             should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True,
+             exclude=()) -> ClipResult:
+    """De-light one clip into the set ``out`` (locked while it runs). ``exclude``: further output folders left
+    out of the input's identity (``out`` itself always is)."""
+    with OutLock(out):
+        return _run_clip(clip_path, out, settings, renderer, listener=listener, should_cancel=should_cancel,
+                         show_progress=show_progress, exclude=exclude)
+
+
+def inverse_output_bytes(width: int, height: int, n: int, segments, settings) -> int:
+    """Predicted disk use of an inverse set: its EXRs (+ previews) and the resume cache (engine/jobs/disk_space.py)."""
+    sizes = pass_sizes([*settings.passes, "rgb"])
+    return (set_bytes(width, height, n, sizes, previews=settings.previews)
+            + cache_bytes(width, height, segments, 3 * (len(settings.passes) + 1)))
+
+
+def _run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *, listener=None,
+              should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True,
+              exclude=()) -> ClipResult:
     from engine.gbuffer import GBufferSetWriter, from_model_outputs, linear_to_srgb, srgb_to_linear
     from engine.gbuffer.encodings import depth_manifest
     from engine.gbuffer import make_provenance
-    from engine.io import VIDEO_SUFFIXES, open_clip
+    from engine.io import VIDEO_SUFFIXES, open_clip, open_video
 
     t0 = time.monotonic()
     first = settings.first_frame
-    if first is None and Path(clip_path).is_file() and Path(clip_path).suffix.lower() in VIDEO_SUFFIXES:
+    is_video = Path(clip_path).is_file() and Path(clip_path).suffix.lower() in VIDEO_SUFFIXES
+    if first is None and is_video:
         first = 1                                   # a video's frames are numbered from 1, like Blender's
     try:
-        clip = open_clip(clip_path, frame_range=settings.frame_range, fps=settings.fps,
-                         source_fps=settings.source_fps, first_number=first)
+        # a video whose frames do not all decode is refused unless allow_missing_frames (engine/io/video.py)
+        opener = partial(open_video, allow_missing_frames=True) if is_video and settings.allow_missing_frames \
+            else open_clip
+        clip = opener(clip_path, frame_range=settings.frame_range, fps=settings.fps,
+                      source_fps=settings.source_fps, first_number=first)
     except (FileNotFoundError, ValueError, IndexError) as exc:
         raise JobError(str(exc)) from None
     with clip:
@@ -152,7 +178,7 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
             raise JobError(f"--resolution {size[0]}x{size[1]}: sides must be multiples of {mult}")
         framing = plan_framing(clip.size, size, settings.fit, settings.output_size)
         seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
-        ident = {"input": str(Path(clip_path).resolve()), "files": file_identity(_identity_path(clip_path)),
+        ident = {"input": str(Path(clip_path).resolve()), "files": file_identity(_identity_path(clip_path), exclude=(out, *exclude)),
                  "job": "inverse", "model": _model_identity(renderer),
                  **{k: v for k, v in asdict(settings).items() if k not in ("overwrite", "device", "previews")},
                  "seed": seed, "resolution": list(size)}
@@ -166,6 +192,9 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
         cache = ResumeCache(out, key)
         segments = plan_segments(n, settings.frames, settings.overlap, settings.windows_per_segment)
         result.segments = len(segments)
+        need = inverse_output_bytes(*framing.output, n, segments, settings)
+        check_disk_space(out, need, f"{n} frames of {len(settings.passes) + 1} passes at "
+                                    f"{framing.output[0]}x{framing.output[1]}")
         w, h = size
         f_lat = renderer.vae_factor
         noise = noise_for((1, n, 4, h // f_lat, w // f_lat), seed)
@@ -191,6 +220,7 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
 
         manifest_base = {
             "fps": float(clip.fps or 24.0), "kind": "gbuffer", "depth": depth_manifest(None),
+            **({"missing_frames": list(clip.missing_frames)} if clip.missing_frames else {}),
             "provenance": make_provenance("inverse-model", model=settings.model, revision=settings.revision,
                                           settings={**{k: (list(v) if isinstance(v, tuple) else v) for k, v in
                                                        asdict(settings).items()}, "key": key, "seed": seed,
@@ -203,25 +233,27 @@ def run_clip(clip_path: Path, out: Path, settings: InverseSettings, renderer, *,
             writer = GBufferSetWriter(out, manifest_base, overwrite=settings.overwrite)
         except ValueError as exc:
             raise JobError(str(exc)) from None
-        # a video's frames are numbered from first_frame (1 by default, like Blender); sequences keep theirs
-        for idx, frame in run_segments(segments, compute, cache):
-            number = clip.frame_numbers[idx]
-            outputs = {k[5:]: v[None] for k, v in frame.items() if k.startswith("pass:")}
-            for name, arr in from_model_outputs(outputs).items():
-                writer.write_frame(name, number, arr[0])
-            writer.write_frame("rgb", number, frame["input"])
-        progress.stage("write")
-        progress.close()
-        gset = writer.finish()
-        t_write = time.monotonic()
-        if settings.previews:
-            from engine.gbuffer import write_contact_sheet, write_previews
+        with disk_full_reported(out, need):    # a full disk: one line with the path and the need
+            # a video's frames are numbered from first_frame (1 by default, like Blender); sequences keep theirs
+            for idx, frame in run_segments(segments, compute, cache):
+                number = clip.frame_numbers[idx]
+                outputs = {k[5:]: v[None] for k, v in frame.items() if k.startswith("pass:")}
+                for name, arr in from_model_outputs(outputs).items():
+                    writer.write_frame(name, number, arr[0])
+                writer.write_frame("rgb", number, frame["input"])
+            progress.stage("write")
+            progress.close()
+            gset = writer.finish()
+            t_write = time.monotonic()
+            if settings.previews:
+                from engine.gbuffer import write_contact_sheet, write_previews
 
-            write_previews(gset)
-            write_contact_sheet(gset)
+                write_previews(gset)
+                write_contact_sheet(gset)
         cache.clear()
         result.resumed_segments = len(segments) - len(computed)
-        result.warnings = (fps_warnings(clip) + framing.warnings() + list(writer.warnings)
+        result.warnings = (fps_warnings(clip) + list(clip.warnings) + framing.warnings()
+                           + list(writer.warnings)
                            + ([f"{clip.nonfinite_count} NaN/Inf input values replaced"] if clip.nonfinite_count else []))
         result.seconds = {"total": round(time.monotonic() - t0, 2), "compute_and_write": round(t_write - t_compute, 2),
                           "previews": round(time.monotonic() - t_write, 2)}
@@ -242,13 +274,14 @@ def run_inverse(input_path, out, settings: InverseSettings, *, renderer=None, li
     except (FileNotFoundError, ValueError) as exc:
         raise JobError(str(exc)) from None
     check_writable(out)
-    t_load = 0.0
-    if renderer is None:
-        renderer, t_load = load_renderer("inverse", settings)
     batch = len(clips) > 1 or (input_path.is_dir() and clips[0] != input_path)
-    results = []
-    for clip in clips:
-        target = out / (clip.stem if clip.is_file() else clip.name) if batch else out
-        results.append(run_clip(clip, target, settings, renderer, listener=listener, should_cancel=should_cancel,
-                                show_progress=show_progress))
+    targets = [out / (clip.stem if clip.is_file() else clip.name) if batch else out for clip in clips]
+    with locked_outputs(targets):          # another run into these folders fails here, before any work
+        t_load = 0.0
+        if renderer is None:
+            renderer, t_load = load_renderer("inverse", settings)
+        results = []
+        for clip, target in zip(clips, targets):
+            results.append(run_clip(clip, target, settings, renderer, listener=listener, should_cancel=should_cancel,
+                                    show_progress=show_progress, exclude=(out,)))
     return job_summary("inverse", input_path, out, t0, t_load, results)

@@ -3,8 +3,9 @@
 A clip is covered by model windows (``engine.pipelines.windows``); consecutive windows are grouped
 into segments of ``windows_per_segment`` windows. Inside a segment the windows are fused at every
 denoising step; neighbouring segments share the frames of their boundary windows' overlap and are
-cross-faded there. Each finished segment is cached (``ResumeCache``), so an interrupted job resumes
-where it stopped, and frames are written as soon as every segment covering them is done, so memory
+cross-faded there. Each finished segment is cached (``ResumeCache``, in the precision it is computed in and
+verified at load), so an interrupted job resumes where it stopped with a result bit-identical to an
+uninterrupted run, and frames are written as soon as every segment covering them is done, so memory
 does not grow with the clip length.
 """
 from __future__ import annotations
@@ -34,6 +35,8 @@ def run_segments(segments: list[tuple[int, int]], compute: Callable[[int, int, i
     for k, (s, e) in enumerate(segments):
         name = f"{cache_prefix}_{k:04d}"
         result = cache.get(name) if cache is not None else None
+        if result is not None and any(len(v) != e - s for v in result.values()):
+            result = None                          # an entry of another segmentation: recomputed
         if result is None:
             result = compute(k, s, e)
             if cache is not None:

@@ -101,9 +101,10 @@ def build_settings(kind: str, params: dict, base_dir=None, *, default_out=None) 
     _check_file_or_folder(src, "input", "a video file or a folder of frames" if kind == "inverse" else "a folder")
     if "model" in names:
         _check_model(settings.model)
-        from engine.jobs.memory_check import check_memory
+        from engine.jobs.memory_check import check_inputs, check_memory
 
         check_memory(kind, settings)          # before any model is loaded (a cached prediction)
+        check_inputs(kind, settings, src)     # the footage at its real processing size: side limit, RAM
     if kind == "forward":
         hdris = [_path(h, base_dir) for h in params["hdri"]]
         for h in hdris:

@@ -37,7 +37,7 @@ WEIGHTS_INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
 CONFIG_NAME = "config.json"
 
 _FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
-_LIST_LIMIT = 10
+_LIST_LIMIT = 50    # keys per kind listed in the verbose details
 
 
 class CheckpointMismatchError(UserError, ValueError):
@@ -58,33 +58,51 @@ class CheckpointMismatchError(UserError, ValueError):
         self.bad_dtype = list(bad_dtype)
         self.reason = reason
         self.what = what
-        super().__init__(self._format())
+        keyed = bool(self.missing or self.unexpected or self.shape_mismatched or self.bad_dtype)
+        super().__init__(self._format(), hint=(KEYS_HINT if keyed else FILE_HINT))
+        self.details = tuple(self._detail_lines())
+        for line in self.details:           # shown under -v (the traceback), never in the one-line message
+            self.add_note(line)
 
     def _format(self) -> str:
-        lines = [f"checkpoint folder {self.folder!r} does not match the {self.what} built from its config.json"]
+        """One line: the folder, what is wrong, the counts and the first few keys of each kind."""
         if self.reason:
-            lines[0] = f"checkpoint folder {self.folder!r}: {self.reason}"
-        if self.missing or self.unexpected or self.shape_mismatched or self.bad_dtype:
-            lines.append(
-                f"  {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
-                f"{len(self.shape_mismatched)} shape-mismatched, {len(self.bad_dtype)} non-float tensors"
-            )
-
-        def section(title, items, fmt):
+            return f"checkpoint folder {self.folder!r}: {_first_line(self.reason)}"
+        parts = []
+        for label, items, fmt in self._sections():
             if items:
-                shown = items[:_LIST_LIMIT]
-                more = f" (first {_LIST_LIMIT} of {len(items)})" if len(items) > _LIST_LIMIT else ""
-                lines.append(f"  {title}{more}:")
-                lines.extend(f"    {fmt(x)}" for x in shown)
+                shown = ", ".join(fmt(x) for x in items[:_SHOWN])
+                parts.append(f"{len(items)} {label} ({shown}{', …' if len(items) > _SHOWN else ''})")
+        return (f"checkpoint folder {self.folder!r} does not match the {self.what} its config.json describes"
+                + (f": {'; '.join(parts)}" if parts else ""))
 
-        section("missing keys", self.missing, str)
-        section("unexpected keys", self.unexpected, str)
-        section("shape-mismatched keys (file vs module)", self.shape_mismatched,
-                lambda x: f"{x[0]}: {tuple(x[1])} vs {tuple(x[2])}")
-        section("non-floating-point tensors", self.bad_dtype, lambda x: f"{x[0]}: {x[1]}")
-        if len(lines) > 1 or not self.reason:
-            lines.append("  (wrong model type for this folder, a different config.json, or a corrupted download?)")
-        return "\n".join(lines)
+    def _sections(self):
+        return (("missing keys", self.missing, str), ("unexpected keys", self.unexpected, str),
+                ("shape-mismatched keys", self.shape_mismatched,
+                 lambda x: f"{x[0]}: file {tuple(x[1])} vs module {tuple(x[2])}"),
+                ("non-floating-point tensors", self.bad_dtype, lambda x: f"{x[0]}: {x[1]}"))
+
+    def _detail_lines(self):
+        """Every offending key (the verbose details: ``-v``, the server log)."""
+        if self.reason and "\n" in self.reason.strip():
+            yield from (ln.strip() for ln in self.reason.strip().splitlines()[1:] if ln.strip())
+        for label, items, fmt in self._sections():
+            for x in items[:_LIST_LIMIT]:
+                yield f"{label[:-1] if label.endswith('s') else label}: {fmt(x)}"
+            if len(items) > _LIST_LIMIT:
+                yield f"… and {len(items) - _LIST_LIMIT} more {label}"
+
+
+KEYS_HINT = ("the folder's config.json describes another model than its weights (wrong model type, an edited "
+             "config.json or a damaged download): re-download the checkpoint or restore its config.json; rerun "
+             "with -v for every key")
+FILE_HINT = "re-download the checkpoint (or restore the named file)"
+_SHOWN = 2
+
+
+def _first_line(text: str) -> str:
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else "unreadable"
 
 
 class CheckpointFileMissingError(CheckpointMismatchError, FileNotFoundError):

@@ -8,6 +8,7 @@ Cases (each timed ``repeats`` times after one warm-up call; the fastest run is r
 | ``inverse_1`` / ``inverse_5`` | our inverse renderer, 1 pass / the 5 default passes in one UNet batch |
 | ``forward_1`` / ``forward_2`` | our forward renderer, 1 HDRI / 2 HDRIs sampled together |
 | ``ref_*`` | the same work in the reference's call pattern (:mod:`.reference_pattern`) |
+| ``bench --preview`` | :func:`run_preview_bench`: the live preview's update after a rotation vs its denoising loop |
 | variants | ``preview`` (forward, guidance 1.0), ``channels_last``, ``full_decode`` (one decoder call for the clip), ``no_sdpa`` (classic attention), ``temporal_conv`` (temporal convolutions in the device's non-default form), ``low_vram`` / ``minimal`` (memory modes), ``compile`` (torch.compile of the UNet) |
 """
 from __future__ import annotations
@@ -282,3 +283,66 @@ def _ratios(report: dict) -> None:
     for v in c.values():
         if report.get("peak_tflops") and v.get("unet_tflops_per_s"):
             v["unet_utilisation"] = round(v["unet_tflops_per_s"] / report["peak_tflops"], 4)
+
+
+# ---------------------------------------------------------------- the live preview (bench --preview)
+def run_preview_bench(*, size: str = "full", width: int = 384, height: int = 256, frames: int = 8, steps: int = 8,
+                      device=None, dtype=None, repeats: int = 3, env_resolution=None, log=print) -> dict:
+    """Seconds per live-preview update (engine/jobs/preview_job.py), warm, after a rotation of the light,
+    against the denoising loop alone inside the same update. A synthetic G-buffer set of ``frames`` frames
+    at ``width``×``height`` and a synthetic HDRI are written to a temporary folder; the first preview fills
+    the caches (reported as ``first_s``), then each of ``repeats`` updates turns the light by 15°."""
+    import tempfile
+    from pathlib import Path
+
+    from engine.envmap import write_hdr
+    from engine.gbuffer import GBufferSetWriter, make_provenance
+    from engine.jobs.preview_job import Previewer
+    from engine.pipelines import ForwardRenderer
+    from engine.pipelines.components import pick_device, pick_dtype
+
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    env_res = tuple(env_resolution) if env_resolution else ((512, 512) if size == "full" else (height, width))
+    renderer = ForwardRenderer(build_components("forward", size, device=dev, dtype=dt))
+    _, gb = _inputs(frames, width, height)
+    params = {"preview_size": f"{width}x{height}", "preview_frames": frames, "frames": max(frames, 1), "steps": steps,
+              "env_resolution": f"{env_res[1]}x{env_res[0]}", "overlap": 0}
+    report = {"size": size, "resolution": [width, height], "frames": frames, "steps": steps,
+              "env_resolution": list(env_res), "device": str(dev), "dtype": str(dt).replace("torch.", ""),
+              "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": repeats}
+    with tempfile.TemporaryDirectory(prefix="dr-bench-preview-") as tmp:
+        root = Path(tmp)
+        w = GBufferSetWriter(root / "set", {"fps": 24, "depth": {"kind": "normalised"},
+                                            "provenance": make_provenance("bench", source="synthetic")})
+        for i in range(frames):
+            for p in FORWARD_PASSES:
+                value = {"normal": gb[p][i] * 2 - 1}.get(p, gb[p][i])
+                w.write_frame(p, i + 1, value if p in ("basecolor", "normal") else value[..., 0])
+        w.finish()
+        write_hdr(root / "sky.hdr", synthetic_hdri(1))
+        previewer = Previewer(lambda settings: renderer)
+        frame = (frames + 1) // 2
+
+        def update(rotation: float) -> dict:
+            _clear(dev)
+            out = previewer.preview(root / "set", root / "sky.hdr", frame, root / "p.exr",
+                                    {**params, "env_rotation": rotation})
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            return out
+
+        log("  preview (first: fills the caches) …")
+        first = update(0.0)
+        runs = []
+        for k in range(max(1, repeats)):
+            runs.append(update(15.0 * (k + 1)))
+            log(f"  preview after a rotation: {runs[-1]['latency_s']:.3f} s (denoise "
+                f"{runs[-1]['seconds']['denoise']:.3f} s)")
+    best = min(runs, key=lambda r: r["latency_s"])
+    report.update(first_s=first["latency_s"], update_s=best["latency_s"], denoise_s=best["seconds"]["denoise"],
+                  update_over_denoise=round(best["latency_s"] / max(best["seconds"]["denoise"], 1e-9), 3),
+                  stages=best["seconds"], cached=best["cached"],
+                  updates=[{"latency_s": r["latency_s"], "denoise_s": r["seconds"]["denoise"]} for r in runs])
+    return report

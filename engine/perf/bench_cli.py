@@ -26,9 +26,19 @@ def _variants(text: str) -> tuple[str, ...]:
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tiny", action="store_true", help="tiny random models (seconds on a CPU) instead of the "
                    "full-size published configurations")
-    p.add_argument("--resolution", type=size_argument, default=(512, 512), metavar="WxH", help="frame size (default 512x512)")
-    p.add_argument("--frames", type=int, default=_P.default("frames"), help=f"frames per clip (default {_P.default('frames')})")
-    p.add_argument("--steps", type=int, default=_P.default("steps"), help=f"denoising steps (default {_P.default('steps')})")
+    p.add_argument("--preview", action="store_true", help="time the live preview instead: seconds per update after "
+                   "a rotation of the light, against its denoising loop (docs/PERFORMANCE.md)")
+    p.add_argument("--cluster", default=None, metavar="local:N|auto|ADDRESS",
+                   help="time the tiny-model inverse and forward jobs on one cluster worker and on this cluster, in "
+                        "the same run: the speed-up and whether the outputs are bit-identical (docs/CLUSTER.md)")
+    p.add_argument("--split", default="segments", choices=("segments", "windows", "auto"),
+                   help="with --cluster: how the jobs are split across the workers (default segments)")
+    p.add_argument("--resolution", type=size_argument, default=None, metavar="WxH",
+                   help="frame size (default 512x512; with --preview 384x256)")
+    p.add_argument("--frames", type=int, default=None, help=f"frames per clip (default {_P.default('frames')}; with "
+                   f"--preview the preview window, {_P.default('preview_frames', _P.PREVIEW)})")
+    p.add_argument("--steps", type=int, default=None, help=f"denoising steps (default {_P.default('steps')}; with "
+                   f"--preview {_P.default('steps', _P.PREVIEW)})")
     p.add_argument("--env-resolution", type=size_argument, default=None, metavar="WxH",
                    help="env-map size (default 512x512 full-size, the frame size with --tiny)")
     p.add_argument("--device", default=_P.default("device"), help=_P.param("device").help)
@@ -87,6 +97,12 @@ def cmd_bench(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cluster:
+        return _cmd_bench_cluster(args, (lambda *a: print(*a, file=sys.stderr)) if args.json else print)
+    kind = _P.PREVIEW if args.preview else None
+    args.frames = args.frames if args.frames is not None else _P.default("preview_frames" if kind else "frames", kind)
+    args.steps = args.steps if args.steps is not None else _P.default("steps", kind)
+    args.resolution = args.resolution or ((384, 256) if args.preview else (512, 512))
     for name in ("frames", "steps", "repeats"):
         if getattr(args, name) < 1:
             raise SystemExit(f"diffusion-renderer bench: --{name} must be at least 1")
@@ -94,6 +110,8 @@ def cmd_bench(args) -> int:
         raise SystemExit("diffusion-renderer bench: --save-profile needs full-size models (drop --tiny)")
     w, h = args.resolution
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
+    if args.preview:
+        return _cmd_bench_preview(args, log)
     report = run_bench(size="tiny" if args.tiny else "full", width=w, height=h, frames=args.frames, steps=args.steps,
                        device=args.device, dtype=args.dtype, repeats=args.repeats, variants=args.variants,
                        reference=not args.no_reference, flops=not args.no_flops,
@@ -107,4 +125,48 @@ def cmd_bench(args) -> int:
 
         log(f"throughput profile saved to {save_profile(profile_from_bench(report))}")
     print(text if args.json else format_table(report))
+    return 0
+
+
+def _cmd_bench_preview(args, log) -> int:
+    from engine.atomic import atomic_write_text
+    from engine.perf.bench import run_preview_bench
+
+    w, h = args.resolution
+    r = run_preview_bench(size="tiny" if args.tiny else "full", width=w, height=h, frames=args.frames,
+                          steps=args.steps, device=args.device, dtype=args.dtype, repeats=max(args.repeats, 3),
+                          env_resolution=(args.env_resolution[1], args.env_resolution[0]) if args.env_resolution
+                          else None, log=log)
+    text = json.dumps(r, indent=2)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    if args.json:
+        print(text)
+        return 0
+    st = r["stages"]
+    print(f"preview, {r['size']} models, {w}x{h}, {r['frames']} frames, {r['steps']} steps — {r['device_name']} "
+          f"({r['device']}, {r['dtype']}, {r['threads']} threads)\n"
+          f"first preview (caches cold, model warm): {r['first_s']:.3f} s\n"
+          f"update after a rotation: {r['update_s']:.3f} s = {r['update_over_denoise']:.2f} × the denoising loop "
+          f"({r['denoise_s']:.3f} s); encode {st['encode']:.3f} s, decode {st['decode']:.3f} s, write "
+          f"{st['write']:.3f} s, inputs {st['inputs']:.3f} s")
+    return 0
+
+
+def _cmd_bench_cluster(args, log) -> int:
+    """``bench --cluster``: the tiny-model jobs (engine/perf/cluster_bench.py); the size options apply, the
+    defaults are the cluster test's (64², 40 frames, 4 steps, windows of 8 overlapping 2)."""
+    from engine.atomic import atomic_write_text
+    from engine.perf.cluster_bench import ClusterBenchUnavailable, format_cluster_report, run_cluster_bench
+
+    w, h = args.resolution or (64, 64)
+    try:
+        r = run_cluster_bench(args.cluster, split=args.split, width=w, height=h, frames=args.frames or 40,
+                              steps=args.steps or 4, log=log)
+    except ClusterBenchUnavailable as exc:
+        raise SystemExit(f"diffusion-renderer {exc}") from None
+    text = json.dumps(r, indent=2)
+    if args.out:
+        atomic_write_text(args.out, text + "\n")
+    print(text if args.json else format_cluster_report(r))
     return 0

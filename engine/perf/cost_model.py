@@ -249,8 +249,9 @@ def estimate(kind: str, *, width: int, height: int, frames: int, steps: int = 20
         transfer = 2 * sum(wbytes.values()) / PCIE_BYTES_PER_S
     elif dev.type == "cuda" and plan_mem.offload == "sequential":
         transfer = (evals * wbytes["unet"] + 3 * (sum(wbytes.values()) - wbytes["unet"])) / PCIE_BYTES_PER_S
-    seconds = (unet_flops / (prof.unet_tflops * 1e12) + vae_flops / (prof.vae_tflops * 1e12)
-               + evals * prof.step_overhead_s + env_seconds + transfer)
+    parts = {"unet": unet_flops / (prof.unet_tflops * 1e12) + evals * prof.step_overhead_s,   # per window × step
+             "encode_decode": vae_flops / (prof.vae_tflops * 1e12) + env_seconds, "transfer": transfer}
+    seconds = sum(parts.values())
     if plan_mem.offload is None or dev.type != "cuda":
         peak = sum(wbytes.values()) + max(unet_act, dec_act, enc_act)
     elif plan_mem.offload == "model":
@@ -262,6 +263,7 @@ def estimate(kind: str, *, width: int, height: int, frames: int, steps: int = 20
            "unet_batch": batch, "windows": len(plan), "unet_tflop": round(unet_flops / 1e12, 1),
            "vae_tflop": round(vae_flops / 1e12, 1), "memory": memory, "device": str(dev), "dtype": dname,
            "profile": prof.source, "weights_gb": round(sum(wbytes.values()) / 2**30, 2),
+           "seconds_by_part": {k: round(v, 3) for k, v in parts.items()},   # engine/perf/cluster_cost.py splits them
            "activation_gb": {"unet": round(unet_act / 2**30, 2), "decode": round(dec_act / 2**30, 2),
                              "encode": round(enc_act / 2**30, 2)}}
     if device_memory_gb is None and dev.type == "cuda" and torch.cuda.is_available():
@@ -270,3 +272,41 @@ def estimate(kind: str, *, width: int, height: int, frames: int, steps: int = 20
         out["device_memory_gb"] = round(float(device_memory_gb), 2)
         out["fits"] = peak_gb <= float(device_memory_gb) * 0.95
     return out
+
+
+def estimate_preview(*, width: int, height: int, frames: int, steps: int = 8, guidance: float = 1.2,
+                     decode_chunk: int = 8, env_resolution=(512, 512), memory: str = "default", device="auto",
+                     dtype="auto", size: str = "full", profile: Profile | None = None, device_memory_gb=None) -> dict:
+    """One live-preview update after a rotation of the light (engine/jobs/preview_job.py): the window's
+    denoising loop (``frames`` frames, one model window), the light's re-projection and encode, and the decode
+    of the one chunk holding the frame; the G-buffer latents are cached (not counted). ``seconds`` is that
+    update; ``denoise_seconds`` the loop alone; ``first_seconds`` adds the G-buffer encode of a first preview."""
+    from engine.pipelines.components import pick_device, pick_dtype
+
+    full = estimate("forward", width=width, height=height, frames=frames, steps=steps, guidance=guidance,
+                    window=frames, overlap=0, decode_chunk=decode_chunk, decode_overlap=0,
+                    env_resolution=env_resolution, memory=memory, device=device, dtype=dtype, size=size,
+                    profile=profile, device_memory_gb=device_memory_gb)
+    dev = pick_device(device) if device in (None, "", "auto") else torch.device(device)
+    dt = pick_dtype(dtype, dev)
+    dname = str(dt).replace("torch.", "")
+    prof = profile or load_profile(dev, dt)
+    chunk = min(memory_plan_chunk(memory, decode_chunk), frames)
+    dec_full = vae_cost(size, "decode", chunk, height, width, dname)[0] / chunk * frames
+    dec_one = vae_cost(size, "decode", chunk, height, width, dname)[0]
+    gb_encode = vae_cost(size, "encode", 1, height, width, dname)[0] * GBUFFERS * frames
+    vae_rate = prof.vae_tflops * 1e12
+    update = full["seconds"] - (gb_encode + dec_full - dec_one) / vae_rate
+    unet_seconds = full["unet_tflop"] * 1e12 / (prof.unet_tflops * 1e12) + full["unet_evals"] * prof.step_overhead_s
+    out = dict(full, kind="preview", seconds=round(max(update, unet_seconds), 3),
+               denoise_seconds=round(unet_seconds, 3), first_seconds=round(update + gb_encode / vae_rate, 3),
+               vae_tflop=round(max(0.0, full["vae_tflop"] - (gb_encode + dec_full - dec_one) / 1e12), 2))
+    out.pop("seconds_by_part", None)      # the forward job's split; not this update's
+    return out
+
+
+def memory_plan_chunk(memory: str, decode_chunk: int) -> int:
+    """The decode chunk a memory mode uses (its own cap, else the job's)."""
+    from engine.pipelines.memory import memory_plan
+
+    return memory_plan(memory).decode_chunk or decode_chunk

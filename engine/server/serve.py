@@ -18,8 +18,10 @@ from pathlib import Path
 
 from engine import __version__
 from engine.contract import protocol
-from engine.server import lifecycle
+from engine.server import containment, lifecycle
 from engine.server.model_cache import ModelCache, cuda_allocated
+from engine.server.preview_runner import PreviewRunner, SharedModelCache
+from engine.server.request_pool import BoundedPool
 from engine.server.worker import PROGRESS_INTERVAL, DuplicateJob, Job, Worker
 
 log = logging.getLogger("engine.server")
@@ -31,7 +33,9 @@ HINTS = {
                         "major versions match",
     "invalid_params": "fix the listed fields (docs/PROTOCOL.md lists every field and its type)",
     "internal": "check the engine's Python environment (bin/diffusion-renderer info); the log has the traceback",
+    "busy": "send the request again after one of the earlier ones has been answered",
 }
+ESTIMATE_WORKERS, ESTIMATE_WAITING = 2, 8     # estimate requests traced at once / queued behind them (docs/PROTOCOL.md)
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -108,14 +112,18 @@ class Server:
                  parent_pid: int | None = None, stop_timeout: float = 60.0):
         self.in_fd, self.log_file, self.stop_timeout = in_fd, log_file, stop_timeout
         self.writer = Writer(out_fd, self.request_stop)
-        self.cache = ModelCache(max_models)
+        self.cache: ModelCache = SharedModelCache(max_models)    # shared by the worker and the preview thread
         self.worker = Worker(self.send, self.cache, log_file, send_lock=self.writer.lock)
+        self.previews = PreviewRunner(self.send, self.cache, self.writer.lock, log_file)
         self.parent_watch = lifecycle.ParentWatch(self.request_stop, parent_pid)
         self.stop_event = threading.Event()
         self.stop_reason: str | None = None
         self._interrupts = 0        # set by the SIGINT handler, handled by the main loop
         self._terminate = False     # set by the SIGTERM/SIGHUP handler
         self._rejected = 0          # malformed lines so far (the first 10 are logged at INFO)
+        # requests served beside the job queue: a fixed number of threads, the rest answered "busy"
+        self.estimates = BoundedPool("estimate", ESTIMATE_WORKERS, ESTIMATE_WAITING)
+        self.downloads = {name: BoundedPool(f"download-{name}", 1, 0) for name in protocol.DOWNLOAD_MODELS}
 
     def send(self, msg: dict) -> bool:
         return self.writer.write(msg)
@@ -151,6 +159,7 @@ class Server:
                  self.info["torch"], self.info["device"])
         self.send(protocol.hello_reply(self.info))
         self.worker.start()
+        self.previews.start()
         threading.Thread(target=self._read_loop, name="reader", daemon=True).start()
         self.parent_watch.start()
         while not self.stop_event.wait(0.05):
@@ -163,6 +172,9 @@ class Server:
         for job in self.worker.stop(self.stop_reason or "stop"):
             self.send(protocol.error("cancelled", f"job cancelled before it started ({self.stop_reason})",
                                      job=job.id, reply_to=job.reply_to))
+        for pool in (self.estimates, *self.downloads.values()):
+            pool.shutdown()
+        self.previews.stop(self.stop_reason or "stop")
         self.worker.join(self.stop_timeout)
         if self.worker.is_alive():
             log.warning("the running job did not stop within %.0f s; exiting anyway", self.stop_timeout)
@@ -214,6 +226,13 @@ class Server:
             self.send(protocol.error("invalid_params", f"field 'job_dir': must be an absolute path, got "
                                      f"{msg['job_dir']!r}", HINTS["invalid_params"], job=job_id, reply_to=rid))
             return
+        problems = containment.submit_problems(job_dir, msg["params"])
+        if problems:
+            log.info("job %s refused: %s", job_id, "; ".join(problems))
+            self.send(protocol.error("invalid_params", problems[0] if len(problems) == 1 else
+                                     f"{problems[0]} (and {len(problems) - 1} more problem(s))",
+                                     containment.FIX, job=job_id, reply_to=rid, problems=problems))
+            return
         job = Job(job_id, msg["kind"], job_dir, msg["params"], reply_to=rid)
         with self.writer.lock:  # the ack goes out before the worker can say anything about the job
             try:
@@ -230,6 +249,9 @@ class Server:
     def on_cancel(self, msg: dict) -> None:
         with self.writer.lock:  # the ack goes out before the job's terminal message
             state, job = self.worker.cancel(msg["job"])
+            if state == "unknown" and self.previews.cancel(msg["job"]) != "unknown":
+                self.send(protocol.ack("cancel", msg.get("id"), job=msg["job"], state="cancelling"))
+                return
             self.send(protocol.ack("cancel", msg.get("id"), job=msg["job"], state=state,
                                    step=job.step if state == "cancelling" else None))
         log.info("cancel %s: %s", msg["job"], state)
@@ -239,7 +261,8 @@ class Server:
 
     def on_estimate(self, msg: dict) -> None:
         """Predicted time and peak memory of a job (engine/perf/cost_model.py); traced on the meta device
-        in a thread of its own (≈ 1–5 s the first time for a size), so a running job is not held up."""
+        on one of ESTIMATE_WORKERS pool threads (≈ 1–5 s the first time for a size), so a running job is not
+        held up; beyond ESTIMATE_WAITING queued ones the request is answered ``busy``."""
         def run():
             from engine.jobs.job_estimate import estimate_job
 
@@ -251,13 +274,16 @@ class Server:
                 return
             self.send(protocol.estimate_reply(msg["kind"], est, reply_to=msg.get("id")))
 
-        threading.Thread(target=run, name="estimate", daemon=True).start()
+        if not self.estimates.try_submit(run):
+            self.send(protocol.error("busy", self.estimates.busy_message("estimate"), HINTS["busy"],
+                                     reply_to=msg.get("id")))
 
     def on_download(self, msg: dict) -> None:
-        """Fetch a published model (engine/hub.py, pinned revision) in a thread of its own: ack, progress
-        (stage "download", MiB), then a "result" of kind "download" (out = the snapshot folder) or an error."""
+        """Fetch a published model (engine/hub.py, pinned revision) on its model's one download thread: ack,
+        progress (stage "download", MiB), then a "result" of kind "download" (out = the snapshot folder) or an
+        error; a second download of a model while one runs is answered ``busy`` (no ack)."""
         rid, job_id, name = msg.get("id"), msg["job"], msg["model"]
-        self.send(protocol.ack("download", rid, job=job_id, state="queued"))
+        pool = self.downloads[name]
 
         def report(done: int, total: int, last=[0.0]) -> None:  # noqa: B006 - per-download throttle state
             now = time.monotonic()
@@ -289,7 +315,34 @@ class Server:
             log.info("download %s: %s", name, path)
 
         started = time.monotonic()
-        threading.Thread(target=run, name=f"download-{name}", daemon=True).start()
+        with self.writer.lock:  # the ack goes out before the download thread can report anything
+            if not pool.try_submit(run):
+                self.send(protocol.error("busy", f"a download of {name} is already running; this one was not "
+                                         "started", "wait for its result, then send the request again if needed",
+                                         job=job_id, reply_to=rid))
+                return
+            self.send(protocol.ack("download", rid, job=job_id, state="queued"))
+
+    def on_preview(self, msg: dict) -> None:
+        """A live preview (engine/server/preview_runner.py): ack, progress, one result or error; it supersedes
+        any running or queued preview (their error: cancelled, "superseded by preview <id>")."""
+        rid, preview_id = msg.get("id"), msg["job"]
+        problem = containment.check_output_path(Path(msg["out"]).parent, "out")
+        if problem is None and not Path(msg["out"]).parent.is_dir():
+            problem = f"field 'out': folder {Path(msg['out']).parent} does not exist; create it or choose another file"
+        if problem:
+            self.send(protocol.error("invalid_params", problem, HINTS["invalid_params"], job=preview_id, reply_to=rid))
+            return
+        with self.writer.lock:  # the ack goes out before the preview thread can say anything about it
+            try:
+                dropped = self.previews.submit(msg)
+            except RuntimeError as exc:
+                self.send(protocol.error("cancelled", str(exc), job=preview_id, reply_to=rid))
+                return
+            self.send(protocol.ack("preview", rid, job=preview_id, state="queued"))
+            for old in dropped:
+                self.send(self.previews.cancelled_message(old, "superseded"))
+        log.info("preview %s queued (frame %s)", preview_id, msg["frame"])
 
     def on_status(self, msg: dict) -> None:
         with self.writer.lock:  # consistent with the job messages around it

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.contract import protocol
+from engine.server import containment
 from engine.server.model_cache import ModelCache, free_device_memory
 
 log = logging.getLogger("engine.server")
@@ -71,12 +72,29 @@ def classify(exc: BaseException, log_file) -> tuple[str, str, str | None, list |
 
 
 def _write_json(path: Path, data: dict) -> None:
+    """Write a job-folder JSON file atomically; a file of that name the engine did not write is never
+    replaced (the data goes under a free name beside it; engine/server/containment.py)."""
     from engine.atomic import atomic_write_text
 
     try:
-        atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+        target = containment.free_name(path)
+        if target != path:
+            log.warning("%s was not written by the engine; writing %s instead", path, target.name)
+        atomic_write_text(target, json.dumps(data, indent=2, default=str) + "\n")
     except OSError as exc:
         log.warning("could not write %s (%s)", path, exc)
+
+
+def _remove_earlier_outcome(job_dir: Path) -> None:
+    """A job folder used again: the result.json/error.json of the earlier run (the engine's own only) go,
+    so the folder never says "done" or "failed" about a run that is not this one."""
+    for name in ("result.json", "error.json"):
+        path = job_dir / name
+        if path.is_file() and not path.is_symlink() and containment.written_by_engine(path):
+            try:
+                path.unlink()
+            except OSError as exc:
+                log.warning("could not remove the earlier %s (%s)", path, exc)
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -185,7 +203,9 @@ class Worker(threading.Thread):
         log.info("job %s (%s) started in %s", job.id, job.kind, job.job_dir)
         try:
             job.job_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(job.job_dir / "request.json", {"job": job.id, "kind": job.kind, "params": job.params})
+            _remove_earlier_outcome(job.job_dir)
+            _write_json(job.job_dir / "request.json", {"job": job.id, "kind": job.kind, "params": job.params,
+                                                       "producer": containment.PRODUCER})
             from engine.jobs.settings import build_settings
 
             built = build_settings(job.kind, job.params, job.job_dir, default_out=job.job_dir / "out")

@@ -36,7 +36,7 @@ def _builder():
 
 @pytest.fixture(scope="session")
 def zip_path(tmp_path_factory):
-    return _builder().build(tmp_path_factory.mktemp("dist"), python=sys.executable)
+    return _builder().build(tmp_path_factory.mktemp("dist"), python=sys.executable, include_untracked=True)
 
 
 def _repo_index(module: str = "user_default") -> int:
