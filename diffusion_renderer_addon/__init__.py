@@ -45,6 +45,8 @@ def unregister() -> None:
     from .client import shutdown_all, timer
 
     results.unregister()
+    from . import live_preview
+    live_preview.unregister()   # cancels a running preview; removes its timer and depsgraph handler
     timer.unregister()
     try:
         shutdown_all()          # ends downloads too: their status-bar progress goes with them

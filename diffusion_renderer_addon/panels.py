@@ -6,7 +6,7 @@ import bpy
 
 import os
 
-from . import hdri_list, model_manager, properties
+from . import hdri_list, live_preview, model_manager, properties
 from . import preferences as prefs_mod
 from .operators import DR_OT_cancel, DR_OT_delight, DR_OT_load_result, DR_OT_neural_render, DR_OT_relight_preview
 
@@ -117,6 +117,7 @@ def draw_neural_render(layout, s) -> None:
     est = bpy.context.window_manager.diffusion_renderer.estimate
     if est:
         layout.label(text=est, icon="ERROR" if "does not fit" in est else "TIME")
+    live_preview.draw(layout, bpy.context, "render")
 
 
 def draw_delight(layout, s) -> None:
@@ -138,6 +139,7 @@ def draw_relight(layout, s) -> None:
     layout.prop(s, "gbuffer_set")
     hdri_list.draw(layout, s)
     layout.operator(DR_OT_relight_preview.bl_idname, icon="WORLD")
+    live_preview.draw(layout, bpy.context, "relight")
 
 
 class _Main:
@@ -184,6 +186,12 @@ class DR_PT_image_result(_ResultPanel, bpy.types.Panel):
     bl_idname = "DR_PT_image_result"
     bl_space_type = "IMAGE_EDITOR"
 
+    def draw(self, context):
+        st = context.window_manager.diffusion_renderer
+        if live_preview.active_task() and (st.live_status or st.live_error):   # the Neural Preview's latency
+            self.layout.label(text=st.live_error or st.live_status, icon="ERROR" if st.live_error else "IMAGE_DATA")
+        draw_status(self.layout, context)
+
 
 class DR_PT_compositor_result(_ResultPanel, bpy.types.Panel):
     bl_idname = "DR_PT_compositor_result"
@@ -195,6 +203,6 @@ class DR_PT_compositor_result(_ResultPanel, bpy.types.Panel):
         return space is not None and getattr(space, "tree_type", "") == "CompositorNodeTree"
 
 
-classes = (*hdri_list.classes, *_panels("render", "PROPERTIES", "WINDOW", {"bl_context": "render"}),
+classes = (*hdri_list.classes, *live_preview.classes, *_panels("render", "PROPERTIES", "WINDOW", {"bl_context": "render"}),
            *_panels("view3d", "VIEW_3D", "UI", {"bl_category": "Neural Render"}),
            DR_PT_image_result, DR_PT_compositor_result)

@@ -96,6 +96,9 @@ class DR_SceneSettings(bpy.types.PropertyGroup):
     camera_follow: BoolProperty(name="Light Follows World", default=True,
                                 description="Keep the light fixed in the world as the camera moves, as the "
                                             "scene's World is (uses the exported camera of every frame)")
+    # ---- live preview (both tasks): the preview request's own settings (kind "preview" of the table)
+    live_steps: _param_prop("steps", "Preview Steps", "preview")
+    live_frames: _param_prop("preview_frames", "Preview Frames", "preview")
     render_samples: IntProperty(name="G-Buffer Samples", default=1, min=1, max=1024,
                                 description="Render samples per pixel of the G-buffer passes (1 is usually enough)")
     # ---- delight (inverse)
@@ -161,6 +164,9 @@ class DR_Status(bpy.types.PropertyGroup):
                                   description="The manifest.json of the last result")
     engine_info: StringProperty(name="Engine", default="", description="The engine's versions and device")
     estimate: StringProperty(name="Estimate", default="", description="The last estimate of the Neural Render task")
+    live_status: StringProperty(name="Live Preview", default="",
+                                description="The last live preview: its frame and how long it took")
+    live_error: StringProperty(name="Live Preview Error", default="", description="Why the last live preview failed")
 
 
 classes = (DR_ResultItem, DR_HdriItem, DR_SceneSettings, DR_Status)

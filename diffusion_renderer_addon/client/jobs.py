@@ -234,3 +234,14 @@ class JobRegistry:
 
 
 REGISTRY = JobRegistry()
+
+
+def plain(value):
+    """Paths → str (the protocol carries JSON), recursively through lists and dicts."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

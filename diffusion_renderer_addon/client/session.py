@@ -15,6 +15,7 @@ from typing import Optional
 from ..contract import protocol
 from . import errors, jobs
 from .events import CLIENT_PROTOCOL_MAJOR, CRASHED, FAILED, READY, STARTING, STOPPED, STOPPING, EventHandlers
+from .preview import PREVIEW, PreviewRequests
 from .process import EngineConfig, EngineProcess, probe_python, resolve_python
 
 CLIENT_NAME = "diffusion-renderer-blender-addon"
@@ -22,7 +23,7 @@ __all__ = ["EngineClient", "EngineConfig", "configure", "current", "shutdown_all
            "STOPPED", "STARTING", "READY", "STOPPING", "CRASHED", "FAILED"]
 
 
-class EngineClient(EventHandlers):
+class EngineClient(EventHandlers, PreviewRequests):
     def __init__(self, config: EngineConfig, registry: Optional[jobs.JobRegistry] = None):
         self.config, self.registry = config, registry or jobs.REGISTRY
         self.events: "queue.Queue" = queue.Queue()
@@ -147,7 +148,7 @@ class EngineClient(EventHandlers):
         """Register a job and send it (at once, or after the engine's hello). Starts the engine when needed.
         Raises ClientError (the job is then recorded as failed too) for an unusable engine or bad params."""
         self._settle()
-        job = self.registry.add(kind, _plain(params), job_dir, job_id)
+        job = self.registry.add(kind, jobs.plain(params), job_dir, job_id)
         try:
             self.ensure_started()
             job.folder = os.path.abspath(job.folder or self.job_dir_for(job.id))
@@ -167,6 +168,9 @@ class EngineClient(EventHandlers):
         return job
 
     def _submit_msg(self, job: jobs.Job, rid: int) -> dict:
+        if job.kind == PREVIEW:                 # a live preview: its request body is the job's params
+            p = job.params
+            return self.protocol.preview(job.id, p["set"], p["hdri"], p["frame"], p["out"], p["params"], id=rid)
         return self.protocol.submit(job.id, job.kind, job.folder, job.params, id=rid)
 
     def _send_submit(self, job: jobs.Job) -> None:
@@ -202,7 +206,7 @@ class EngineClient(EventHandlers):
                                      "update the engine (Preferences › Add-ons › DiffusionRenderer › Set Up Engine)")
         rid = self._request_id()
         self._estimates[rid] = None
-        msg = self.protocol.estimate(kind, dict(size), _plain(params or {}), id=rid)
+        msg = self.protocol.estimate(kind, dict(size), jobs.plain(params or {}), id=rid)
         problems = self.protocol.validate(msg, self.protocol.TO_ENGINE)
         if problems:
             self._estimates.pop(rid, None)
@@ -224,17 +228,6 @@ class EngineClient(EventHandlers):
 
     def request_status(self) -> bool:
         return self.state == READY and self._send(self.protocol.status(id=self._request_id()))
-
-
-def _plain(value):
-    """Paths → str (the protocol carries JSON), recursively through lists and dicts."""
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------------- the add-on's one client
