@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "reference's call pattern (docs/PERFORMANCE.md)"))
     add_estimate_arguments(sub.add_parser("estimate", help="predict a job's time and peak GPU memory from its size"))
 
+    from engine.jobs.farm_plan import add_plan_arguments
+
+    add_plan_arguments(sub.add_parser("plan", help="a job's units for a render farm: one command per segment "
+                                                   "(--only-segments) and the assemble command (docs/FARM.md)"))
+
     from engine.server.serve import add_serve_arguments
 
     add_serve_arguments(sub.add_parser("serve", help="run as the Blender add-on's engine: JSON lines on stdin/stdout "
@@ -77,6 +82,9 @@ def _report(summary: dict, as_json: bool, what: str) -> None:
         w, h = c["resolution"]
         resumed = f", resumed {c['resumed_segments']}/{c['segments']} segments" if c.get("resumed_segments") else ""
         status = "up to date" if c["status"] == "up-to-date" else f"{c['seconds'].get('total', 0):.1f} s{resumed}"
+        if c["status"] == "segments-cached":     # --only-segments: a farm task (docs/FARM.md)
+            status = (f"segments {','.join(map(str, c.get('cached_segments', [])))} of {c['segments']} in the resume "
+                      "cache; no outputs yet")
         print(f"{what}: {c['clip']} → {c['out']}: {c['frames']} frames × {len(c['passes'])} passes at {w}x{h}"
               f"{_framing_note(c.get('framing'))} ({status})")
         for warning in c.get("warnings", []):
@@ -183,6 +191,10 @@ def main(argv=None) -> int:
             from engine.jobs.estimate_cli import cmd_estimate
 
             return cmd_estimate(args)
+        if args.command == "plan":
+            from engine.jobs.farm_plan import cmd_plan
+
+            return cmd_plan(args)
         if args.command == "download":
             from engine.hub import run_download
 

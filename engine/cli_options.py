@@ -71,6 +71,10 @@ def _ramp(p: P.Param, text: str):
 
 def _list(p: P.Param, text: str) -> list:
     items = list(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    if p.type.startswith("list[int]"):
+        if not items or not all(v.isdigit() for v in items):
+            raise OptionError(f"{p.flag} {text!r}: expected whole numbers ≥ 0 separated by commas, e.g. 0,3")
+        return [int(v) for v in items]
     bad = [v for v in items if p.choices and v not in p.choices]
     if bad or not items:
         raise OptionError(f"{p.flag}: unknown {p.item} {', '.join(bad) or '(none)'}; choose from "

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3          # a unit is tried this often before the run fails
 RESTART_WAIT_S = 120.0    # how long a restarting worker is waited for before it is dropped
 WARM_RENDERERS = 2        # renderers a worker keeps loaded (most recently used)
-RESET_WAIT_S = 30.0       # how long a run waits for each worker to answer before leaving it out
+LIVE_GRACE_S = 15.0       # once a worker answers, how long a run waits for the others before leaving them out
 
 
 @dataclass(frozen=True)
@@ -194,18 +194,26 @@ class WorkerPool:
         """Load ``spec`` on every worker (seconds per worker)."""
         return ray.get([a.warm.remote(spec) for a in self.actors])
 
-    def live(self, timeout_s: float) -> list:
-        """The workers that answer within ``timeout_s`` (their cancel flag cleared); a worker whose node is gone
-        stays pending in Ray and is left out. InternalError when none answers."""
+    def live(self, timeout_s: float = RESTART_WAIT_S, grace_s: float = LIVE_GRACE_S) -> list:
+        """The workers that answer (their cancel flag cleared): every one that answers within ``timeout_s``, but
+        once one has answered the others get ``grace_s`` more (a worker whose node is gone stays pending in Ray
+        and is left out). InternalError when none answers."""
         refs = {a.reset.remote(): a for a in self.actors}
-        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
-        alive = set()
-        for ref in ready:
-            try:
-                ray.get(ref)
-                alive.add(id(refs[ref]))
-            except (RayActorError, ActorUnavailableError):
-                pass
+        pending, alive = list(refs), set()
+        deadline, first = time.monotonic() + timeout_s, None
+        while pending:
+            now = time.monotonic()
+            limit = deadline if first is None else min(deadline, first + grace_s)
+            if now >= limit:
+                break
+            ready, pending = ray.wait(pending, num_returns=1, timeout=limit - now)
+            for ref in ready:
+                try:
+                    ray.get(ref)
+                    alive.add(id(refs[ref]))
+                    first = first or time.monotonic()
+                except (RayActorError, ActorUnavailableError):
+                    pass
         if not alive:
             raise InternalError("no cluster worker answers (their nodes are gone?); restart the cluster")
         return [a for a in self.actors if id(a) in alive]
@@ -232,7 +240,7 @@ class WorkerPool:
         from engine.cluster.window_group import WindowGroupLost
 
         units = list(units)
-        actors = self.live(RESET_WAIT_S)
+        actors = self.live()
         todo = list(range(len(units)))
         attempts = [0] * len(units)
         best = [0.0] * len(units)

@@ -75,7 +75,7 @@ class ClusterRunner:
 
         if self._group_queue is None:
             self._group_queue = driver_queue()
-        return GroupSampler(self.pool.live(30.0), self._group_queue, spec)
+        return GroupSampler(self.pool.live(), self._group_queue, spec)
 
     def choose_split(self, split: str, work: list[tuple[ClipPlan, int]]) -> str:
         if split != "auto":

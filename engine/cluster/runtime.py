@@ -95,7 +95,8 @@ def connect(spec: str, *, namespace: str = NAMESPACE) -> Cluster:
         gpus = _local_gpus()
         workers = parsed.workers or gpus or (os.cpu_count() or 1)
         # one CPU slot per worker; a GPU per worker when there are enough GPUs for all of them
-        ray.init(num_cpus=workers, num_gpus=gpus, _node_ip_address="127.0.0.1", **common)
+        # address="local": always a new private Ray, never a cluster another process started on this machine
+        ray.init(address="local", num_cpus=workers, num_gpus=gpus, _node_ip_address="127.0.0.1", **common)
     else:
         try:
             ray.init(address=parsed.address or "auto", **common)

@@ -171,6 +171,18 @@ PARAMS: tuple = (
           "by layer (slow); docs/PERFORMANCE.md §3.", choices=MEMORY_MODES),
     Param("allow_download", "bool", True, "Download missing published weights (false: weights_unavailable at "
           "once).", cli=None),
+    # ------------------------------------------------------------------ where the work runs (docs/CLUSTER.md, FARM.md)
+    Param("cluster", "str|null", None, "Compute the segments on a Ray cluster: local[:N] (a private one on this "
+          "machine, N workers), auto (the cluster Ray finds) or a Ray head's HOST:PORT; bit-identical to a run "
+          "without it.", metavar="local[:N]|auto|HOST:PORT", doc_default="this process"),
+    Param("split", "str", "auto", "How a cluster shares the work: segments (a segment per worker), windows (one "
+          "segment's windows across every worker, exchanging their overlaps each step) or auto (windows when "
+          "there are fewer segments than workers).", choices=("segments", "windows", "auto")),
+    Param("only_segments", "list[int]|null", None, "Compute only these segments (0-based, of every clip × HDRI; "
+          "`plan … --json` lists them) into the resume cache and write no outputs (a render-farm task); the same "
+          "command without it assembles.", cli="list", length=(1, 100_000), minimum=0, maximum=100_000,
+          metavar="K,K,…", item="segment",
+          doc_default="all"),
     # ------------------------------------------------------------------ every kind
     Param("overwrite", "bool", False, "Replace a different set already in the output folder.", _ALL, cli="flag"),
     Param("previews", "bool", True, "Write PNG previews and an mp4 beside the EXRs.", _ALL, cli="no-flag"),

@@ -115,7 +115,9 @@ MESSAGES: dict = {
                   "cuda_available": Field("bool", True), "device": Field("str", True),
                   "devices": Field("list[obj]", True), "models": Field("list[obj]", True),
                   "max_models": Field("int", True), "log_file": Field("str|null", True),
-                  "loaded_models": Field("list[obj]")},
+                  "loaded_models": Field("list[obj]"),
+                  "cluster": Field("obj|null", doc="serve --cluster: {nodes, workers, devices: [{node, kind, count, "
+                                                   "name}]} (docs/CLUSTER.md); null without a cluster")},
         "ack": {"reply_to": _REPLY, "request": Field("str", True, doc="type of the request acknowledged"),
                 "job": Field("str"), "state": Field("str", choices=("queued", "cancelling", "removed", "unknown",
                                                                     "idle", "stopping", "done")),

@@ -45,6 +45,9 @@ class JobSettings:
     previews: bool = param_default("previews")
     output_size: str = param_default("output_size")   # source | processing | WxH (engine/jobs/framing.py)
     fit: str = param_default("fit")                   # pad | crop | stretch: the input's aspect in the processing size
+    cluster: Optional[str] = param_default("cluster")       # local[:N] | auto | HOST:PORT (docs/CLUSTER.md); None: here
+    split: str = param_default("split")                     # segments | windows | auto: how a cluster shares the work
+    only_segments: Optional[tuple] = param_default("only_segments")   # a farm task's segments (engine/jobs/unit_runs.py)
 
 
 class JobError(UserError):
@@ -179,7 +182,7 @@ class ResumeCache:
 
         data = {}
         for k, v in tensors.items():
-            t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(v))
+            t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.from_numpy(np.require(v, requirements=["C", "W"]))
             data[k] = (t.to(torch.float32) if t.is_floating_point() else t).contiguous()
         meta = {"format": self.FORMAT, "key": self.key, "name": str(name), "tensors": json.dumps(list(data)),
                 "checksums": json.dumps({k: self._checksum(v.view(-1)) for k, v in data.items()})}

@@ -1,29 +1,24 @@
 """The forward job: G-buffers + one or more HDRIs → relit sets (linear EXR + PNG + mp4), one per light."""
 from __future__ import annotations
 
-import secrets
+import contextlib
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
-
 from engine.contract.params import default as param_default
 from engine.contract.params import parse_size
-from engine.jobs.common import (JobError, JobSettings, Progress, ResumeCache, check_writable, cover_resolution,
-                               decode_settings, file_identity, job_summary, load_renderer, settings_key)
-from engine.jobs.framing import check_settings, from_processing, plan_framing, to_processing
-from engine.jobs.gbuffer_inputs import GBufferInputError, load_gbuffer_clips
-from engine.jobs.inverse_job import (
-    ClipResult,
-    _model_identity,
-    _up_to_date,
-    denoise_calls,
-)
-from engine.jobs.segments import noise_for, plan_segments, run_segments
+from engine.jobs.common import JobError, JobSettings, Progress, ResumeCache, check_writable, job_summary, load_renderer
 from engine.jobs.disk_space import cache_bytes, check_disk_space, disk_full_reported, pass_sizes, set_bytes
+from engine.jobs.framing import check_settings
+from engine.jobs.gbuffer_inputs import GBufferInputError, load_gbuffer_clips
+from engine.jobs.inverse_job import ClipResult, provenance_settings
 from engine.jobs.out_lock import OutLock, locked_outputs
+from engine.jobs.segments import run_segments
+from engine.jobs.unit_runs import check_only, compute_locally, compute_on_cluster, fixed_seed, open_runner
+from engine.jobs.units import (ClipPlan, LocalContext, RendererFacts, compute_segment, denoise_calls, forward_plan,
+                               open_forward_source, up_to_date)
 
 
 @dataclass
@@ -43,101 +38,71 @@ class ForwardSettings(JobSettings):
     env_resolution: tuple = parse_size(param_default("env_resolution"))[::-1]   # (H, W)
 
 
-# model-encoded G-buffer inputs → how they are resampled to the processing size (engine/jobs/framing.py):
-# normals renormalised, depth nearest (background is encoded far = 1; averaging would invent depths)
-_INPUT_KINDS = {"normal": "normal-encoded", "depth": "nearest"}
-
-
-def _light_for(clip, hdri: Path, settings: ForwardSettings, n: int, warnings: list | None = None):
-    from engine.envmap import env_rotation_from_blender, load_envmap
-    from engine.pipelines import EnvLight
-
-    try:
-        hdr = load_envmap(hdri, warnings=warnings)      # NaN/Inf texels replaced, with a warning
-    except (FileNotFoundError, ValueError) as exc:
-        raise JobError(f"--hdri {hdri}: {exc}") from None
-    cams = None
-    if settings.camera_follow:
-        if not clip.cameras:
-            raise JobError(f"--camera-follow: {clip.source} has no per-frame camera matrices (export the G-buffers "
-                           "with the add-on, or drop --camera-follow)")
-        cams = env_rotation_from_blender(np.asarray(clip.cameras, dtype=np.float64)[:, :3, :3]).numpy()
-        if settings.fixed_frame is not None:
-            cams = np.repeat(cams[settings.fixed_frame:settings.fixed_frame + 1], n, 0)
-    return EnvLight(hdr, rotate=settings.rotate_light, elevation=0.0 if cams is not None else settings.elevation,
-                    elevation_convention=settings.elevation_convention, rotation=settings.env_rotation,
-                    flip=settings.env_flip, strength=settings.env_strength, cam_rotations=cams)
-
-
 def run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, renderer, *, listener=None,
                      should_cancel: Optional[Callable[[], bool]] = None, show_progress: bool = True,
-                     light_of: tuple = (1, 1), exclude=()) -> ClipResult:
-    """Relight one clip under one HDRI into the set ``out`` (locked while it runs); ``light_of`` = (index, count)
-    of this HDRI among the job's (progress); ``exclude``: further output folders left out of the input's
-    identity (``out`` itself always is)."""
-    with OutLock(out):
+                     light_of: tuple = (1, 1), exclude=(), plan: Optional[ClipPlan] = None, cluster=None,
+                     computed_elsewhere: int = 0) -> ClipResult:
+    """Relight one clip under one HDRI into the set ``out`` (locked while it runs, except for an
+    ``--only-segments`` task); ``light_of`` = (index, count) of this HDRI among the job's (progress);
+    ``exclude``: further output folders left out of the input's identity (``out`` itself always is);
+    ``plan``/``cluster``/``computed_elsewhere``: a cluster run's (inverse_job.run_clip)."""
+    with contextlib.nullcontext() if settings.only_segments is not None else OutLock(out):
         return _run_forward_clip(clip, hdri, out, settings, renderer, listener=listener, should_cancel=should_cancel,
-                                 show_progress=show_progress, light_of=light_of, exclude=exclude)
+                                 show_progress=show_progress, light_of=light_of, exclude=exclude, plan=plan,
+                                 cluster=cluster, computed_elsewhere=computed_elsewhere)
 
 
 def _run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, renderer, *, listener,
-                      should_cancel, show_progress, light_of, exclude) -> ClipResult:
+                      should_cancel, show_progress, light_of, exclude, plan, cluster, computed_elsewhere) -> ClipResult:
     from engine.gbuffer import GBufferSetWriter, srgb_to_linear, write_pass_video, write_previews
     from engine.gbuffer import make_provenance
 
     t0 = time.monotonic()
-    n = len(clip.frame_numbers)
-    if settings.fixed_frame is not None and not 0 <= settings.fixed_frame < n:
-        raise JobError(f"--fixed-frame {settings.fixed_frame}: the clip has frames 0..{n - 1}")
-    size = settings.resolution or (clip.size if all(v % 64 == 0 for v in clip.size) else cover_resolution(*clip.size))
-    framing = plan_framing(clip.size, size, settings.fit, settings.output_size)
-    seed = settings.seed if settings.seed is not None else secrets.randbelow(2**31)
-    key = settings_key({"input": clip.source, "files": file_identity(Path(clip.source), exclude=(out, *exclude)), "clip": clip.name,
-                        "hdri": [str(hdri.resolve()), file_identity(hdri)], "job": "forward",
-                        "model": _model_identity(renderer), "seed": seed, "resolution": list(size),
-                        **{k: v for k, v in asdict(settings).items() if k not in ("overwrite", "device", "previews")}})
+    if plan is None:
+        plan = forward_plan(clip, hdri, out, settings, RendererFacts.of(renderer), exclude=exclude)
+    n, framing, key, seed, segments = plan.frames, plan.framing, plan.key, plan.seed, list(plan.segments)
     result = ClipResult(clip.source, str(out), n, tuple(framing.output), ["relit"], fps=float(clip.fps),
                         frame_numbers=list(clip.frame_numbers), framing=framing.record())
-    if _up_to_date(out, key):
+    if up_to_date(out, key):
         result.status = "up-to-date"
         return result
     check_writable(out)
-    light_warnings: list = []
-    light = _light_for(clip, hdri, settings, n, light_warnings)
-    env_ldr, env_log = light.maps(n, settings.env_resolution)
+    source = open_forward_source(clip, hdri, settings)       # the HDRI is read (and checked) here
     cache = ResumeCache(out, key)
-    segments = plan_segments(n, settings.frames, settings.overlap, settings.windows_per_segment)
     result.segments = len(segments)
     ow, oh = framing.output
     need = (set_bytes(ow, oh, n, pass_sizes(["relit"]), previews=settings.previews)
             + cache_bytes(ow, oh, segments, 3))
     check_disk_space(out, need, f"{n} relit frames at {ow}x{oh}")
-    w, h = size
-    noise = noise_for((1, n, 4, h // renderer.vae_factor, w // renderer.vae_factor), seed)
+    if settings.only_segments is not None:           # a render-farm task: into the cache, no outputs
+        check_only([plan], settings.only_segments)
+        if cluster is None:
+            compute_locally(plan, renderer, source, cache, settings.only_segments, listener=listener,
+                            should_cancel=should_cancel, show_progress=show_progress)
+        result.status = "segments-cached"
+        result.cached_segments = [k for k in range(len(segments)) if cache.get(plan.segment_name(k)) is not None]
+        result.warnings = list(source.warnings)
+        result.seconds = {"total": round(time.monotonic() - t0, 2)}
+        return result
     progress = Progress(denoise_calls(segments, settings), f"forward {clip.name} × {hdri.stem}", listener,
                         show_progress, extra={"light": int(light_of[0]), "lights": int(light_of[1])})
+    if cluster is not None:
+        progress.done = progress.total              # the cluster did the denoising: what is left is writing
     computed = []
-    dec_chunk, dec_overlap = decode_settings(settings)
 
     def compute(k, s, e):
-        if settings.fixed_frame is not None:
-            gb = {p: np.repeat(v[settings.fixed_frame:settings.fixed_frame + 1], e - s, 0) for p, v in clip.inputs.items()}
-        else:
-            gb = {p: v[s:e] for p, v in clip.inputs.items()}
-        gb = {p: to_processing(v, framing, _INPUT_KINDS.get(p, "color")) for p, v in gb.items()}
-        video = renderer(gb, {"env_ldr": env_ldr[s:e], "env_log": env_log[s:e]},
-                         num_inference_steps=settings.steps, guidance_scale=settings.guidance,
-                         lora_scale=settings.lora_scale, seed=None, noise=noise[:, s:e],
-                         decode_chunk_size=dec_chunk, decode_overlap=dec_overlap,
-                         window=settings.frames, overlap=settings.overlap, blend=settings.blend,
-                         should_cancel=should_cancel, callback=lambda i, *_: progress.step("denoise", k))
         computed.append(k)
-        return {"relit": from_processing(video, framing)}
+        if cluster is not None:                     # lost from the cache since the cluster put it there: again
+            got = {}
+            cluster.compute("forward", [(plan, k)], lambda _p, _k, value: got.update(value), split="segments",
+                            should_cancel=should_cancel)
+            return got
+        return compute_segment(renderer, LocalContext(progress, k, should_cancel), plan, k, source=source)
 
     base = {"fps": clip.fps, "kind": "relit",
             "provenance": make_provenance("forward-model", model=settings.model, revision=settings.revision,
                                           settings={**{k: (list(v) if isinstance(v, tuple) else v)
-                                                       for k, v in asdict(settings).items()},
+                                                       for k, v in provenance_settings(settings).items()},
                                                     "key": key, "seed": seed, "hdri": str(hdri.resolve()),
                                                     "framing": framing.record()},
                                           source=f"{clip.source}#{clip.name}")}
@@ -157,8 +122,8 @@ def _run_forward_clip(clip, hdri: Path, out: Path, settings: ForwardSettings, re
             write_previews(gset)
             write_pass_video(gset, "relit")
     cache.clear()
-    result.resumed_segments = len(segments) - len(computed)
-    result.warnings = list(clip.warnings) + light_warnings + framing.warnings() + list(writer.warnings)
+    result.resumed_segments = len(segments) - len(computed) - computed_elsewhere
+    result.warnings = list(clip.warnings) + source.warnings + framing.warnings() + list(writer.warnings)
     result.seconds = {"total": round(time.monotonic() - t0, 2)}
     return result
 
@@ -178,9 +143,9 @@ def light_settings(settings: ForwardSettings, n: int) -> list:
 
 
 def run_forward(gbuffers, hdris, out, settings: ForwardSettings, *, renderer=None, listener=None,
-                should_cancel=None, show_progress: bool = True) -> dict:
+                should_cancel=None, show_progress: bool = True, cluster=None) -> dict:
     """Relight every G-buffer clip at ``gbuffers`` under every HDRI; ``out/<hdri>`` (or
-    ``out/<clip>/<hdri>`` for several clips). Returns a JSON-able summary."""
+    ``out/<clip>/<hdri>`` for several clips). Returns a JSON-able summary. ``cluster``: as run_inverse's."""
     t0 = time.monotonic()
     check_settings(settings)
     hdris = [Path(h) for h in hdris]
@@ -202,13 +167,31 @@ def run_forward(gbuffers, hdris, out, settings: ForwardSettings, *, renderer=Non
     lights = light_settings(settings, len(hdris))
     jobs = [(clip, i, hdri, (out / clip.name if len(clips) > 1 else out) / hdri.stem)
             for clip in clips for i, hdri in enumerate(hdris, 1)]
-    with locked_outputs([target for *_, target in jobs]):   # another run into these sets fails here, at once
-        t_load = 0.0
-        if renderer is None:
-            renderer, t_load = load_renderer("forward", settings)
-        results = []
-        for clip, i, hdri, target in jobs:
-            results.append(run_forward_clip(clip, hdri, target, lights[i - 1], renderer, listener=listener,
-                                            should_cancel=should_cancel, show_progress=show_progress,
-                                            light_of=(i, len(hdris)), exclude=(out,)))
-    return job_summary("forward", gbuffers, out, t0, t_load, results)
+    only = settings.only_segments
+    # another run into these sets fails here, at once (the tasks of a render farm's job run at once: no lock)
+    with contextlib.nullcontext() if only is not None else locked_outputs([target for *_, target in jobs]):
+        runner, owned = open_runner(settings, cluster)
+        try:
+            t_load, plans, extra = 0.0, [None] * len(jobs), {}
+            if runner is not None:
+                lights = light_settings(fixed_seed(settings), len(hdris))
+                facts = runner.facts("forward", settings)
+                plans = [forward_plan(clip, hdri, target, lights[i - 1], facts, exclude=(out,))
+                         for clip, i, hdri, target in jobs]
+                check_only(plans, only)
+                extra["cluster"] = compute_on_cluster(runner, "forward", plans, only, listener=listener,
+                                                      should_cancel=should_cancel, show_progress=show_progress,
+                                                      split=settings.split)
+            elif renderer is None:
+                renderer, t_load = load_renderer("forward", settings)
+            computed = extra.get("cluster", {}).pop("computed", {})
+            results = []
+            for (clip, i, hdri, target), plan in zip(jobs, plans):
+                results.append(run_forward_clip(clip, hdri, target, lights[i - 1], renderer, listener=listener,
+                                                should_cancel=should_cancel, show_progress=show_progress,
+                                                light_of=(i, len(hdris)), exclude=(out,), plan=plan, cluster=runner,
+                                                computed_elsewhere=computed.get(plan.key, 0) if plan else 0))
+        finally:
+            if owned:
+                runner.close()
+    return {**job_summary("forward", gbuffers, out, t0, t_load, results), **extra}

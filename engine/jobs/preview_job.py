@@ -34,7 +34,8 @@ import torch
 from engine.contract import params as P
 from engine.contract.preview import preview_window
 from engine.jobs.common import JobError, decode_settings, file_identity
-from engine.jobs.forward_job import _INPUT_KINDS, ForwardSettings
+from engine.jobs.forward_job import ForwardSettings
+from engine.jobs.units import INPUT_KINDS
 from engine.jobs.framing import check_settings, from_processing, plan_framing, to_processing
 from engine.jobs.gbuffer_inputs import GBufferInputError, load_gbuffer_clips
 from engine.jobs.segments import noise_for
@@ -192,7 +193,7 @@ class Previewer:
         """Relight frame number ``frame`` of ``set_path`` under ``hdri`` into ``out`` (.exr, linear) and the
         .png beside it (sRGB), both written atomically. Returns the summary (the protocol's result summary,
         plus ``"image"``: the linear frame as written)."""
-        from engine.jobs.forward_job import _model_identity
+        from engine.jobs.units import model_identity
 
         t0 = time.monotonic()
         seconds: dict = {}
@@ -224,7 +225,7 @@ class Previewer:
         report({"stage": "load_model", "step": 0, "total": 0})
         renderer = self.renderer_for(settings)
         seconds["load_model"] = round(time.monotonic() - t, 4)
-        model_key = repr(_model_identity(renderer))
+        model_key = repr(model_identity(renderer))
         size = opts.size or auto_size(clip.size)
         framing = plan_framing(clip.size, size, settings.fit, "processing")
 
@@ -272,7 +273,7 @@ class Previewer:
             gb = {p: np.repeat(v[ff:ff + 1], e - s, 0) for p, v in clip.inputs.items()}
         else:
             gb = {p: v[s:e] for p, v in clip.inputs.items()}
-        gb = {p: to_processing(v, framing, _INPUT_KINDS.get(p, "color")) for p, v in gb.items()}
+        gb = {p: to_processing(v, framing, INPUT_KINDS.get(p, "color")) for p, v in gb.items()}
         return renderer.encode_gbuffers(gb).to(renderer.device)
 
     def _encode_light(self, renderer, clip, hdr, s: int, e: int, settings) -> list:

@@ -38,7 +38,8 @@ def _tuple(value, _kind):
 
 # param → its settings value, where the wire form differs from the dataclass field
 CONVERT: dict[str, Callable] = {"seed": _seed, "resolution": _resolution, "env_resolution": _env_resolution,
-                                "passes": _tuple, "frame_range": lambda v, _k: None if v is None else tuple(v)}
+                                "passes": _tuple, "frame_range": lambda v, _k: None if v is None else tuple(v),
+                                "only_segments": _tuple}
 
 
 def to_setting(name: str, value, kind: str):

@@ -11,6 +11,7 @@ negatives' zero-token cross-attention reduced to one token (:mod:`.zero_context`
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Mapping, Optional, Sequence
 
 import torch
@@ -23,8 +24,9 @@ from engine.pipelines.components import Components, load_components, resolve_che
 from engine.pipelines.inverse import autocast_for, check_size
 from engine.pipelines.lighting import as_env_maps
 from engine.pipelines.memory import MemoryModes
+from engine.pipelines.samplers import local_sampler
 from engine.pipelines.vae_codec import decode_frames, encode_mean, to_frames_tensor, vae_scale_factor
-from engine.pipelines.windows import decode_clip, plan_windows, sample_clip
+from engine.pipelines.windows import decode_clip, plan_windows
 from engine.pipelines.zero_context import install_zero_context_skip, zero_context_rows
 
 GBUFFER_ORDER = FORWARD_PASSES   # the model's latent order of its G-buffer inputs
@@ -131,14 +133,15 @@ class ForwardRenderer(MemoryModes):
                  motion_bucket_id: int = 127, cond_latents: Optional[torch.Tensor] = None,
                  window: Optional[int] = None, overlap: int = 0, blend: str = "latent", decode_overlap: int = 0,
                  light_batch: Optional[int] = None, callback: Optional[sampling.StepCallback] = None,
-                 should_cancel=None, output: str = "np"):
+                 should_cancel=None, output: str = "np", sampler=None):
         """Returns (F, H, W, 3) float32 in [0, 1]; a list of lights returns a list of videos.
 
         ``guidance_scale``: one number, or ``(min, max)`` ramped ``linspace(min, max, F)`` over each
         window's F frames (the reference's per-call ``min/max_guidance_scale``); guidance runs iff max > 1.
         Several lights are sampled together, ``light_batch`` at a time (default: all in one UNet batch;
         each light starts from the same noise, so a light's video is what a call with it alone gives).
-        ``window``/``overlap``/``blend``: long clips, see :mod:`engine.pipelines.windows`."""
+        ``window``/``overlap``/``blend``: long clips, see :mod:`engine.pipelines.windows`. ``sampler``: who runs
+        the denoising loop (:mod:`engine.pipelines.samplers`; default this process)."""
         lights = light if isinstance(light, (list, tuple)) else [light]
         if cond_latents is None:
             cond_latents = self.encode_gbuffers(gbuffers, fixed_frame, num_frames)
@@ -156,7 +159,7 @@ class ForwardRenderer(MemoryModes):
                                       num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                       lora_scale=lora_scale, seed=seed, noise=noise, fps=fps,
                                       motion_bucket_id=motion_bucket_id, callback=callback,
-                                      should_cancel=should_cancel)
+                                      should_cancel=should_cancel, sampler=sampler)
             with autocast_for(self.device, self.dtype):
                 video = decode_clip(lambda lat: decode_frames(self.vae, lat, decode_chunk_size, decode_overlap,
                                                               self.device),
@@ -172,45 +175,70 @@ class ForwardRenderer(MemoryModes):
     def sample_clip(self, cond_latents: torch.Tensor, tokens: list[torch.Tensor], plan, blend: str = "latent", *,
                     num_inference_steps: int = 20, guidance_scale: sampling.Guidance = 1.2, lora_scale: float = 0.25,
                     seed: Optional[int] = 0, noise=None, fps: int = 7, motion_bucket_id: int = 127, callback=None,
-                    should_cancel=None):
+                    should_cancel=None, sampler=None):
         """Denoise a clip over the windows ``plan``; returns :func:`windows.sample_clip`'s result.
 
         ``cond_latents`` (L, F, 20, h, w) and ``tokens`` (L, F, N, C) for L lights sampled together."""
         n_lights, f, _, h, w = cond_latents.shape
-        cfg = sampling.guidance_range(guidance_scale)[1] > 1.0   # the reference: CFG iff max_guidance_scale > 1
-        if cfg:
-            cond = torch.cat([torch.zeros_like(cond_latents), cond_latents])
-            ehs = [torch.cat([torch.zeros_like(t), t]) for t in tokens]
-        else:
-            cond, ehs = cond_latents, tokens
-        batch = cond.shape[0]
-        unet_dtype = next(self.unet.parameters()).dtype
-        if self.dtype != torch.float32:
-            ehs = [t.to(unet_dtype) for t in ehs]
-        time_ids = sampling.added_time_ids(fps, motion_bucket_id, 0.0, batch, self.device, torch.float32)
-        scale = float(lora_scale) if self.has_lora else None
-
-        def window_fn(scaled, t, s, e):
-            x = torch.cat([scaled, scaled]) if cfg else scaled
-            x = torch.cat([x, cond[:, s:e].to(x.dtype)], dim=2)
-            with autocast_for(self.device, self.dtype):
-                if self.dtype != torch.float32:
-                    x = x.to(unet_dtype)
-                with zero_context_rows(0.5 if cfg else 0.0):
-                    out = self.unet(x, t, [h_[:, s:e] for h_ in ehs], time_ids, lora_scale=scale).float()
-            if cfg:   # per-frame linspace(min, max) over this window's frames, as one reference call
-                out = sampling.apply_guidance(*out.chunk(2), guidance_scale)
-            return out
-
         base = sampling.initial_noise((1, f, 4, h, w), seed, noise).to(self.device)
         base = base.expand(n_lights, -1, -1, -1, -1).contiguous()
-        # the LoRA folded into the weights for this call's fixed scale (one matmul per projection instead
-        # of three); not under offload, whose hooks own the weights
-        merge = scale is not None and self.merge_lora and not self.offloaded
-        if merge:
-            merged_scale, scale = scale, None
-        with self.unet.lora_merged(merged_scale) if merge else contextlib.nullcontext():
-            # the reference switches the forward scheduler to "trailing" spacing (init sigma = sigma_max)
-            return sample_clip(lambda: sampling.make_scheduler(self.c.scheduler_config, timestep_spacing="trailing"),
-                               num_inference_steps, base, window_fn, plan, blend, callback=callback,
-                               should_cancel=should_cancel)
+        # the reference switches the forward scheduler to "trailing" spacing (init sigma = sigma_max)
+        scheduler = functools.partial(sampling.make_scheduler, self.c.scheduler_config, timestep_spacing="trailing")
+        return (sampler or local_sampler)(self, scheduler, num_inference_steps, base, ForwardWindowFn,
+                                          (cond_latents, list(tokens), guidance_scale, lora_scale, fps,
+                                           motion_bucket_id), plan, blend, callback=callback,
+                                          should_cancel=should_cancel)
+
+
+class ForwardWindowFn:
+    """The forward model's ``window_fn(x, t, s, e)`` for :func:`windows.sample_clip` (a sampler's
+    ``make_window_fn``): ``cond_latents`` (L, F, 20, h, w) and ``tokens`` (L, F, N, C) for L lights, guidance
+    and the LoRA scale. A context manager: while entered, the LoRA is folded into the weights for the call's
+    fixed scale (one matmul per projection instead of three; not under offload, whose hooks own the weights);
+    call it only inside ``with``."""
+
+    def __init__(self, renderer: ForwardRenderer, cond_latents: torch.Tensor, tokens: Sequence[torch.Tensor],
+                 guidance_scale: sampling.Guidance, lora_scale: float, fps: int, motion_bucket_id: int):
+        self.renderer, self.guidance = renderer, guidance_scale
+        device = renderer.device
+        cond_latents = cond_latents.to(device)
+        tokens = [t.to(device) for t in tokens]
+        self.cfg = cfg = sampling.guidance_range(guidance_scale)[1] > 1.0   # the reference: CFG iff max > 1
+        if cfg:
+            self.cond = torch.cat([torch.zeros_like(cond_latents), cond_latents])
+            ehs = [torch.cat([torch.zeros_like(t), t]) for t in tokens]
+        else:
+            self.cond, ehs = cond_latents, tokens
+        self.unet_dtype = next(renderer.unet.parameters()).dtype
+        if renderer.dtype != torch.float32:
+            ehs = [t.to(self.unet_dtype) for t in ehs]
+        self.ehs = ehs
+        self.time_ids = sampling.added_time_ids(fps, motion_bucket_id, 0.0, self.cond.shape[0], device, torch.float32)
+        scale = float(lora_scale) if renderer.has_lora else None
+        self.merge = scale is not None and renderer.merge_lora and not renderer.offloaded
+        self.merged_scale = scale if self.merge else None
+        self.scale = None if self.merge else scale
+        self._stack = None
+
+    def __enter__(self):
+        self._stack = contextlib.ExitStack()
+        if self.merge:
+            self._stack.enter_context(self.renderer.unet.lora_merged(self.merged_scale))
+        return self
+
+    def __exit__(self, *exc):
+        stack, self._stack = self._stack, None
+        return stack.__exit__(*exc)
+
+    def __call__(self, scaled, t, s, e):
+        r, cfg = self.renderer, self.cfg
+        x = torch.cat([scaled, scaled]) if cfg else scaled
+        x = torch.cat([x, self.cond[:, s:e].to(x.dtype)], dim=2)
+        with autocast_for(r.device, r.dtype):
+            if r.dtype != torch.float32:
+                x = x.to(self.unet_dtype)
+            with zero_context_rows(0.5 if cfg else 0.0):
+                out = r.unet(x, t, [h_[:, s:e] for h_ in self.ehs], self.time_ids, lora_scale=self.scale).float()
+        if cfg:   # per-frame linspace(min, max) over this window's frames, as one reference call
+            out = sampling.apply_guidance(*out.chunk(2), self.guidance)
+        return out

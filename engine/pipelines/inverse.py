@@ -9,6 +9,7 @@ from the same noise, exactly as the reference's fresh-generator-per-pass calls d
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Optional, Sequence
 
 import torch
@@ -19,8 +20,9 @@ from engine.models.temporal_conv import default_fold, fold_temporal_convs
 from engine.pipelines import sampling
 from engine.pipelines.components import Components, load_components, resolve_checkpoint
 from engine.pipelines.memory import MemoryModes
+from engine.pipelines.samplers import local_sampler
 from engine.pipelines.vae_codec import decode_frames, encode_mean, to_frames_tensor, vae_scale_factor
-from engine.pipelines.windows import decode_clip, plan_windows, sample_clip
+from engine.pipelines.windows import decode_clip, plan_windows
 from engine.pipelines.zero_context import install_zero_context_skip
 
 PASS_INDEX = {name: i for i, name in enumerate(MODEL_PASSES)}   # the model's pass-context index
@@ -85,13 +87,14 @@ class InverseRenderer(MemoryModes):
                  pass_batch: Optional[int] = None, cond_latents: Optional[torch.Tensor] = None,
                  window: Optional[int] = None, overlap: int = 0, blend: str = "latent", decode_overlap: int = 0,
                  callback: Optional[sampling.StepCallback] = None, should_cancel=None,
-                 output: str = "np") -> dict:
+                 output: str = "np", sampler=None) -> dict:
         """Returns {pass: (F, H, W, 3) float32 in [0, 1]} (``output="pt"``: torch tensors).
 
         ``window``: frames the model sees at once (None: the whole clip, as one reference call);
         longer clips are covered by windows overlapping by ``overlap`` frames, blended per ``blend``
         (see :mod:`engine.pipelines.windows`). ``pass_batch`` (passes per UNet batch) and the decode
-        chunk are capped by the renderer's memory mode."""
+        chunk are capped by the renderer's memory mode. ``sampler``: who runs the denoising loop
+        (:mod:`engine.pipelines.samplers`; default this process)."""
         passes = list(dict.fromkeys(passes))
         unknown = [p for p in passes if p not in PASS_INDEX]
         if unknown or not passes:
@@ -114,7 +117,7 @@ class InverseRenderer(MemoryModes):
         for s in range(0, len(passes), batch):
             group = passes[s:s + batch]
             result = self._sample(group, cond_latents, base_noise, num_inference_steps, fps, motion_bucket_id,
-                                  noise_aug_strength, plan, blend, callback, should_cancel)
+                                  noise_aug_strength, plan, blend, callback, should_cancel, sampler)
             with autocast_for(self.device, self.dtype):
                 video = decode_clip(lambda lat: decode_frames(self.vae, lat, decode_chunk_size, decode_overlap,
                                                               self.device),
@@ -124,24 +127,35 @@ class InverseRenderer(MemoryModes):
         return results
 
     def _sample(self, group, cond_latents, base_noise, steps, fps, motion_bucket_id, noise_aug, plan, blend,
-                callback, should_cancel):
-        p = len(group)
-        unet_dtype = next(self.unet.parameters()).dtype
-        cond = cond_latents.expand(p, *cond_latents.shape[1:])
-        ctx = torch.tensor([PASS_INDEX[n] for n in group], dtype=torch.long, device=self.device)
-        dim = self.unet.config.cross_attention_dim
-        dim = dim[0] if isinstance(dim, (list, tuple)) else dim
-        ehs = torch.zeros(p, 1, 1, dim, device=self.device, dtype=torch.float32)
-        time_ids = sampling.added_time_ids(fps, motion_bucket_id, noise_aug, p, self.device, torch.float32)
+                callback, should_cancel, sampler=None):
+        noise = base_noise.expand(len(group), *base_noise.shape[1:]).contiguous()
+        return (sampler or local_sampler)(self, functools.partial(sampling.make_scheduler, self.c.scheduler_config),
+                                          steps, noise, inverse_window_fn,
+                                          (tuple(group), cond_latents, fps, motion_bucket_id, noise_aug), plan, blend,
+                                          callback=callback, should_cancel=should_cancel)
 
-        def window_fn(scaled, t, s, e):
-            x = torch.cat([scaled, cond[:, s:e].to(scaled.dtype)], dim=2)
-            with autocast_for(self.device, self.dtype):
-                if self.dtype != torch.float32:
-                    x = x.to(unet_dtype)
-                out = self.unet(x, t, ehs, time_ids, input_context=ctx)
-            return out.float()
 
-        noise = base_noise.expand(p, *base_noise.shape[1:]).contiguous()
-        return sample_clip(lambda: sampling.make_scheduler(self.c.scheduler_config), steps, noise, window_fn, plan,
-                           blend, callback=callback, should_cancel=should_cancel)
+def inverse_window_fn(renderer: InverseRenderer, passes: Sequence[str], cond_latents: torch.Tensor, fps: int,
+                      motion_bucket_id: int, noise_aug: float):
+    """The inverse model's ``window_fn(x, t, s, e)`` for :func:`windows.sample_clip`: the passes ``passes`` of
+    the condition latents ``cond_latents`` (1, F, 4, h, w) as one UNet batch (a sampler's ``make_window_fn``)."""
+    p = len(passes)
+    device, dtype, unet = renderer.device, renderer.dtype, renderer.unet
+    unet_dtype = next(unet.parameters()).dtype
+    cond_latents = cond_latents.to(device)
+    cond = cond_latents.expand(p, *cond_latents.shape[1:])
+    ctx = torch.tensor([PASS_INDEX[n] for n in passes], dtype=torch.long, device=device)
+    dim = unet.config.cross_attention_dim
+    dim = dim[0] if isinstance(dim, (list, tuple)) else dim
+    ehs = torch.zeros(p, 1, 1, dim, device=device, dtype=torch.float32)
+    time_ids = sampling.added_time_ids(fps, motion_bucket_id, noise_aug, p, device, torch.float32)
+
+    def window_fn(scaled, t, s, e):
+        x = torch.cat([scaled, cond[:, s:e].to(scaled.dtype)], dim=2)
+        with autocast_for(device, dtype):
+            if dtype != torch.float32:
+                x = x.to(unet_dtype)
+            out = unet(x, t, ehs, time_ids, input_context=ctx)
+        return out.float()
+
+    return window_fn

@@ -47,6 +47,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="exit when this process exits (besides watching the parent process)")
     p.add_argument("--stop-timeout", type=float, default=60.0, metavar="S",
                    help="seconds a cancelled job may take to stop when the engine exits (default 60)")
+    p.add_argument("--cluster", default=None, metavar="local[:N]|auto|HOST:PORT",
+                   help="run the inverse/forward jobs' segments on this Ray cluster (docs/CLUSTER.md); hello reports "
+                        "it (default: in this process)")
     return p
 
 
@@ -83,7 +86,7 @@ class Writer:
         return True
 
 
-def engine_info(cache: ModelCache, log_file: Path | None) -> dict:
+def engine_info(cache: ModelCache, log_file: Path | None, cluster=None) -> dict:
     import torch
 
     from engine.hub import describe_local_models
@@ -104,13 +107,14 @@ def engine_info(cache: ModelCache, log_file: Path | None) -> dict:
             "cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
             "device": "cuda" if torch.cuda.is_available() else "cpu", "devices": devices, "models": models,
             "max_models": cache.max_models, "log_file": str(log_file) if log_file else None,
-            "loaded_models": cache.loaded()}
+            "loaded_models": cache.loaded(), "cluster": cluster.describe() if cluster is not None else None}
 
 
 class Server:
     def __init__(self, in_fd: int, out_fd: int, log_file: Path | None, max_models: int = 1,
-                 parent_pid: int | None = None, stop_timeout: float = 60.0):
+                 parent_pid: int | None = None, stop_timeout: float = 60.0, cluster: str | None = None):
         self.in_fd, self.log_file, self.stop_timeout = in_fd, log_file, stop_timeout
+        self.cluster_spec, self.cluster = cluster, None      # connected in run(), before the hello
         self.writer = Writer(out_fd, self.request_stop)
         self.cache: ModelCache = SharedModelCache(max_models)    # shared by the worker and the preview thread
         self.worker = Worker(self.send, self.cache, log_file, send_lock=self.writer.lock)
@@ -154,7 +158,12 @@ class Server:
     # -- main ---------------------------------------------------------------------------------------
     def run(self) -> int:
         lifecycle.install_signal_handlers(self._on_sigint, self._on_sigterm)
-        self.info = engine_info(self.cache, self.log_file)
+        if self.cluster_spec:
+            from engine.cluster.job_runner import ClusterRunner
+
+            self.cluster = self.worker.cluster = ClusterRunner(self.cluster_spec)
+            log.info("cluster %s: %s", self.cluster_spec, self.cluster.describe())
+        self.info = engine_info(self.cache, self.log_file, self.cluster)
         log.info("engine %s, protocol %s, pid %d, torch %s, device %s", __version__, protocol.VERSION, os.getpid(),
                  self.info["torch"], self.info["device"])
         self.send(protocol.hello_reply(self.info))
@@ -178,6 +187,8 @@ class Server:
         self.worker.join(self.stop_timeout)
         if self.worker.is_alive():
             log.warning("the running job did not stop within %.0f s; exiting anyway", self.stop_timeout)
+        if self.cluster is not None:
+            self.cluster.close()
         log.info("engine stopped")
         return 0
 
@@ -216,7 +227,7 @@ class Server:
     def on_hello(self, msg: dict) -> None:
         if msg.get("client"):
             log.info("client: %s", msg["client"])
-        info = engine_info(self.cache, self.log_file)
+        info = engine_info(self.cache, self.log_file, self.cluster)
         self.send(protocol.hello_reply(info, reply_to=msg.get("id")))
 
     def on_submit(self, msg: dict) -> None:
@@ -365,7 +376,7 @@ def main(args) -> int:
     log_file = lifecycle.setup_logging(args.log_file, getattr(args, "verbose", False))
     code = 1
     server = Server(in_fd, out_fd, log_file, max_models=args.max_models, parent_pid=args.parent_pid,
-                    stop_timeout=args.stop_timeout)
+                    stop_timeout=args.stop_timeout, cluster=getattr(args, "cluster", None))
     try:
         code = server.run()
     except Exception as exc:  # noqa: BLE001 - start-up failure: tell the client, the log has the traceback

@@ -109,6 +109,7 @@ class Worker(threading.Thread):
         self._cond = threading.Condition()
         self.running: Job | None = None
         self.stopping = False
+        self.cluster = None          # serve --cluster: the ClusterRunner the inverse/forward jobs run on
 
     # -- called from other threads ------------------------------------------------------------
     def submit(self, job: Job) -> int:
@@ -211,7 +212,8 @@ class Worker(threading.Thread):
             built = build_settings(job.kind, job.params, job.job_dir, default_out=job.job_dir / "out")
             settings = built.settings
             timed, load_s, cached = None, 0.0, False
-            if hasattr(settings, "model"):          # the model kinds (a gbuffers job only converts files)
+            on_cluster = self.cluster is not None and job.kind in ("inverse", "forward")
+            if hasattr(settings, "model") and not on_cluster:   # the model kinds (a gbuffers job only converts)
                 def on_load():
                     job.stage = "load_model"
                     self.send(protocol.progress(job.id, "load_model", 0, 0, elapsed_s=time.monotonic() - t_start))
@@ -228,7 +230,8 @@ class Worker(threading.Thread):
                 raise Cancelled("cancelled before the job started")
             t_run = time.monotonic()
             summary = built.run(*built.inputs, settings, renderer=timed, listener=self._listener(job, t_start),
-                                should_cancel=job.cancel.is_set, show_progress=False)
+                                should_cancel=job.cancel.is_set, show_progress=False,
+                                **({"cluster": self.cluster} if on_cluster else {}))
             seconds.update(job=round(time.monotonic() - t_run, 3),
                            pipeline=round(timed.seconds if timed is not None else time.monotonic() - t_run, 3))
             del timed
