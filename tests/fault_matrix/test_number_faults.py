@@ -166,6 +166,7 @@ def test_nan_and_inf_texels_in_an_exr_hdri_warn(tmp_path, caplog):
 
 def test_the_forward_job_reports_the_hdri_warning(tmp_path, monkeypatch):
     import engine.jobs.forward_job as fj
+    from engine.jobs.units import light_for
     from engine.io.exr import write_exr_rgb
 
     img = np.ones((8, 16, 3), np.float32)
@@ -176,7 +177,7 @@ def test_the_forward_job_reports_the_hdri_warning(tmp_path, monkeypatch):
         cameras = None
 
     warnings = []
-    light = fj._light_for(_Clip(), tmp_path / "sky.exr", fj.ForwardSettings(), 2, warnings)
+    light = light_for(_Clip(), tmp_path / "sky.exr", fj.ForwardSettings(), 2, warnings)
     assert np.isfinite(light.hdr).all() and len(warnings) == 1 and "sky.exr" in warnings[0]
 
 
