@@ -35,7 +35,7 @@ from engine.contract import params as P
 from engine.contract.preview import preview_window
 from engine.jobs.common import JobError, decode_settings, file_identity
 from engine.jobs.forward_job import ForwardSettings
-from engine.jobs.units import INPUT_KINDS
+from engine.jobs.units import INPUT_KINDS, posed_light
 from engine.jobs.framing import check_settings, from_processing, plan_framing, to_processing
 from engine.jobs.gbuffer_inputs import GBufferInputError, load_gbuffer_clips
 from engine.jobs.segments import noise_for
@@ -77,21 +77,9 @@ def auto_size(source: tuple, long_side: int = LONG_SIDE, multiple: int = 64) -> 
 
 
 def _light(clip, hdr: np.ndarray, settings: ForwardSettings, n: int):
-    """The forward job's light (``forward_job._light_for``'s posing) on an HDRI already loaded."""
-    from engine.envmap import env_rotation_from_blender
-    from engine.pipelines import EnvLight
-
-    cams = None
-    if settings.camera_follow:
-        if not clip.cameras:
-            raise JobError(f"field 'params.camera_follow': {clip.source} has no per-frame camera matrices (export "
-                           "the G-buffers with the add-on, or turn Light Follows World off)")
-        cams = env_rotation_from_blender(np.asarray(clip.cameras, dtype=np.float64)[:, :3, :3]).numpy()
-        if settings.fixed_frame is not None:
-            cams = np.repeat(cams[settings.fixed_frame:settings.fixed_frame + 1], n, 0)
-    return EnvLight(hdr, rotate=settings.rotate_light, elevation=0.0 if cams is not None else settings.elevation,
-                    elevation_convention=settings.elevation_convention, rotation=settings.env_rotation,
-                    flip=settings.env_flip, strength=settings.env_strength, cam_rotations=cams)
+    """The forward job's light (engine/jobs/units.py ``posed_light``) on an HDRI already loaded."""
+    return posed_light(clip, hdr, settings, n, option="field 'params.camera_follow'",
+                       fix="turn Light Follows World off")
 
 
 class _LRU(OrderedDict):

@@ -275,18 +275,27 @@ def _inverse_segment(renderer, plan: ClipPlan, k: int, source: InverseSource, ca
 # -- forward -----------------------------------------------------------------------------------------------
 def light_for(clip, hdri: Path, settings, n: int, warnings: list | None = None):
     """The EnvLight of ``hdri`` for ``clip`` under the (per-HDRI) settings."""
-    from engine.envmap import env_rotation_from_blender, load_envmap
-    from engine.pipelines import EnvLight
+    from engine.envmap import load_envmap
 
     try:
         hdr = load_envmap(hdri, warnings=warnings)      # NaN/Inf texels replaced, with a warning
     except (FileNotFoundError, ValueError) as exc:
         raise JobError(f"--hdri {hdri}: {exc}") from None
+    return posed_light(clip, hdr, settings, n)
+
+
+def posed_light(clip, hdr, settings, n: int, *, option: str = "--camera-follow",
+                fix: str = "drop --camera-follow"):
+    """The EnvLight of an HDRI already loaded, posed by the settings (rotation, elevation, flip, strength, the
+    camera's per-frame rotation with camera_follow); ``option``/``fix`` name the setting in errors."""
+    from engine.envmap import env_rotation_from_blender
+    from engine.pipelines import EnvLight
+
     cams = None
     if settings.camera_follow:
         if not clip.cameras:
-            raise JobError(f"--camera-follow: {clip.source} has no per-frame camera matrices (export the G-buffers "
-                           "with the add-on, or drop --camera-follow)")
+            raise JobError(f"{option}: {clip.source} has no per-frame camera matrices (export the G-buffers "
+                           f"with the add-on, or {fix})")
         cams = env_rotation_from_blender(np.asarray(clip.cameras, dtype=np.float64)[:, :3, :3]).numpy()
         if settings.fixed_frame is not None:
             cams = np.repeat(cams[settings.fixed_frame:settings.fixed_frame + 1], n, 0)
