@@ -158,7 +158,7 @@ def worker_class():
     return _WORKER_CLASS
 
 
-def _cause(err: RayTaskError) -> BaseException:
+def task_cause(err: RayTaskError) -> BaseException:
     try:
         return err.as_instanceof_cause()
     except Exception:  # noqa: BLE001 - an unpicklable cause: keep Ray's error
@@ -302,7 +302,7 @@ class WorkerPool:
                         results[i] = value
                         done_units.add(i)
                 except RayTaskError as exc:              # the unit raised (the worker itself is fine)
-                    cause = _cause(exc)
+                    cause = task_cause(exc)
                     if isinstance(cause, Cancelled):
                         cancelled = True
                         idle.append(actor)

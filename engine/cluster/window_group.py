@@ -207,7 +207,7 @@ def sample_clip_group(pool, scheduler_factory, num_steps: int, noise: torch.Tens
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
-    from engine.cluster.actors import Unit, _cause
+    from engine.cluster.actors import Unit, task_cause
     from engine.pipelines.sampling import Cancelled
 
     ranks = min(int(ranks or len(pool.actors)), len(plan), len(pool.actors))
@@ -239,7 +239,7 @@ def sample_clip_group(pool, scheduler_factory, num_steps: int, noise: torch.Tens
         except RayActorError:
             lost.append(r)
         except RayTaskError as exc:
-            errors.append(_cause(exc))
+            errors.append(task_cause(exc))
     if any(isinstance(e, Cancelled) for e in errors) and not lost:
         raise Cancelled("cancelled: the window group stopped at its next step")
     if not lost:

@@ -16,16 +16,12 @@ import os
 import numpy as np
 import pytest
 
+from tests.fault_matrix.plates import write_plate
+
 
 @pytest.fixture(scope="module")
 def plate(tmp_path_factory):
-    from engine.io import write_mp4
-
-    path = tmp_path_factory.mktemp("plate") / "plate.mp4"
-    yy, xx = np.mgrid[0:64, 0:96] / np.array([64.0, 96.0])[:, None, None]
-    frames = [np.stack([xx, yy, 0.5 + 0.4 * np.sin(xx * 6 + t / 4)], -1).clip(0, 1) for t in range(8)]
-    write_mp4(path, frames, 24)
-    return path
+    return write_plate(tmp_path_factory.mktemp("plate") / "plate.mp4", 8)
 
 
 @pytest.fixture(scope="module")
